@@ -1,0 +1,77 @@
+"""Offline data: file formats (D4RL HDF5, Minari), validation, normalizers, torch
+datasets and fast batch sampling.
+
+Entry points::
+
+    from cleandiffuser.dataset import qlearning_dataset, load_episodes
+    data = qlearning_dataset("path/to/file.hdf5")          # or a Minari path/id, or a registered name
+    ds = D4RLMuJoCoTDDataset(data, normalize_reward=True)
+    sampler = TensorBatchSampler(ds.tensors(), batch_size=256, device="cuda", generator=0)
+"""
+from .d4rl_format import (
+    d4rl_episodes,
+    d4rl_qlearning_dataset,
+    episodes_from_arrays,
+    qlearning_from_arrays,
+    read_d4rl_hdf5,
+    validate_d4rl_arrays,
+    write_d4rl_hdf5,
+)
+from .d4rl_mujoco_dataset import D4RLMuJoCoDataset, D4RLMuJoCoTDDataset, iql_reward_scale
+from .dataset_utils import TensorBatchSampler, loop_dataloader
+from .minari_format import (
+    find_minari_dataset,
+    minari_datasets_root,
+    minari_episodes,
+    minari_qlearning_dataset,
+    read_minari_dataset,
+    write_minari_dataset,
+)
+from .normalizers import BaseNormalizer, GaussianNormalizer, ImageNormalizer, MinMaxNormalizer
+from .sources import (
+    UnknownDatasetError,
+    load_episodes,
+    qlearning_dataset,
+    register_dataset,
+    registered_datasets,
+    resolve_source,
+    unregister_dataset,
+)
+from .validation import DatasetFormatError
+
+__all__ = [
+    # sources / registry
+    "qlearning_dataset",
+    "load_episodes",
+    "register_dataset",
+    "unregister_dataset",
+    "registered_datasets",
+    "resolve_source",
+    "UnknownDatasetError",
+    # formats
+    "DatasetFormatError",
+    "read_d4rl_hdf5",
+    "validate_d4rl_arrays",
+    "qlearning_from_arrays",
+    "episodes_from_arrays",
+    "d4rl_qlearning_dataset",
+    "d4rl_episodes",
+    "write_d4rl_hdf5",
+    "read_minari_dataset",
+    "minari_episodes",
+    "minari_qlearning_dataset",
+    "write_minari_dataset",
+    "find_minari_dataset",
+    "minari_datasets_root",
+    # normalizers
+    "BaseNormalizer",
+    "GaussianNormalizer",
+    "MinMaxNormalizer",
+    "ImageNormalizer",
+    # datasets / sampling
+    "D4RLMuJoCoTDDataset",
+    "D4RLMuJoCoDataset",
+    "iql_reward_scale",
+    "TensorBatchSampler",
+    "loop_dataloader",
+]

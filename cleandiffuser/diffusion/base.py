@@ -1,0 +1,357 @@
+"""DiffusionModel: what every generative model here shares.
+
+Networks (`model = ModuleDict(diffusion=..., condition=...)`), an EMA copy (`model_ema`), the
+optimizer, inpainting masks, loss weights, clipping, classifier-free and classifier guidance,
+bf16 autocast, input validation and checkpoints. A family (VP diffusion, EDM, rectified flow,
+consistency models) adds its loss and its sampler.
+"""
+import copy
+import functools
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..nn_condition.base import BaseNNCondition
+from ..serialization import (RecordsInit, build_from_config, flatten_state, load_checkpoint,
+                             save_checkpoint, unflatten_state)
+from .sampling import solve, solver_nfe
+
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 matmuls are several times faster than fp32 there."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+class _NullCondition(BaseNNCondition):
+    """Used when no condition encoder is given: passes the condition through unchanged."""
+
+    def encode(self, condition):
+        return condition
+
+
+def _batch_size(condition) -> int:
+    if isinstance(condition, dict):
+        return _batch_size(next(iter(condition.values())))
+    return condition.shape[0]
+
+
+def _check_finite(value, name: str) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _check_finite(v, f"{name}[{k!r}]")
+    elif isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+        raise ValueError(f"{name} contains NaN or inf")
+
+
+class DiffusionModel(RecordsInit, nn.Module):
+    solvers: tuple = ()
+    default_solver: str = ""
+
+    def __init__(self, nn_diffusion: nn.Module, nn_condition: nn.Module | None = None,
+                 fix_mask: torch.Tensor | None = None, loss_weight: torch.Tensor | None = None,
+                 classifier=None, grad_clip_norm: float | None = None, ema_rate: float = 0.995,
+                 optim_params: dict | None = None, x_max: torch.Tensor | None = None,
+                 x_min: torch.Tensor | None = None, device: str | torch.device = "cpu",
+                 precision: str = "auto", ema_warmup: bool = True):
+        super().__init__()
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision={precision!r} is not one of {PRECISIONS}")
+        if not 0.0 <= ema_rate < 1.0:
+            raise ValueError(f"ema_rate must be in [0, 1), got {ema_rate}")
+        self.device = torch.device(device)
+        self.model = nn.ModuleDict({
+            "diffusion": nn_diffusion, "condition": nn_condition if nn_condition is not None else _NullCondition()
+        }).to(self.device)
+        self.prepare_networks()
+        self.model_ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.ema_rate, self.ema_warmup = ema_rate, ema_warmup
+        self.classifier = classifier
+        self.grad_clip_norm = grad_clip_norm
+
+        def as_tensor(v):
+            return None if v is None else torch.as_tensor(v, dtype=torch.float32, device=self.device)
+
+        self.fix_mask, self.x_max, self.x_min = as_tensor(fix_mask), as_tensor(x_max), as_tensor(x_min)
+        weight = as_tensor(loss_weight) if loss_weight is not None else torch.ones((), device=self.device)
+        self.loss_weight = weight * (1 - self.fix_mask) if self.fix_mask is not None else weight
+        if self.x_max is not None and self.x_min is not None and (self.x_min > self.x_max).any():
+            raise ValueError("x_min must be <= x_max everywhere")
+        self.x_shape: tuple | None = tuple(self.fix_mask.shape) if self.fix_mask is not None else None
+
+        self.optimizer = torch.optim.AdamW(
+            [p for p in self.model.parameters() if p.requires_grad],
+            **{"lr": 2e-4, "weight_decay": 1e-5, **(optim_params or {})})
+        self.precision = precision
+        self.autocast_dtype = self._autocast_dtype(precision)
+        self.step = 0
+        self._params = [p for p in self.model.parameters()]
+        self._ema_params = [p for p in self.model_ema.parameters()]
+
+    # ------------------------------------------------------------------ hooks for families
+    def prepare_networks(self) -> None:
+        """Called before the EMA copy and the optimizer are made (e.g. to add parameters)."""
+
+    def loss(self, x0: torch.Tensor, cond_emb, condition=None, **kwargs) -> tuple[torch.Tensor, dict]:
+        """Scalar training loss and extra floats to log (`condition` is the raw condition, for teachers)."""
+        raise NotImplementedError
+
+    def predict_x0(self, net: nn.ModuleDict, x: torch.Tensor, alpha: float, sigma: float,
+                   noise: torch.Tensor, cond_emb) -> torch.Tensor:
+        """x0 prediction at noise level (alpha, sigma) with noise coordinate `noise` (B,)."""
+        raise NotImplementedError
+
+    def hparams(self) -> dict:
+        """Numbers that define the model's math; a checkpoint must agree on them to load."""
+        return {}
+
+    # ------------------------------------------------------------------ shared machinery
+    def _autocast_dtype(self, precision: str):
+        if precision == "fp32":
+            return None
+        if self.device.type == "cuda":
+            ok = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        else:
+            ok = self.device.type == "cpu" and cpu_has_fast_bf16()
+        if precision == "bf16" or ok:
+            return torch.bfloat16
+        return None
+
+    def autocast(self):
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def train(self, mode: bool = True):
+        self.training = mode
+        self.model.train(mode)
+        self.model_ema.eval()
+        return self
+
+    def encode_condition(self, net: nn.ModuleDict, condition, mask=None):
+        if condition is None:
+            return None
+        return net["condition"](condition, mask)
+
+    def weighted(self, err: torch.Tensor) -> torch.Tensor:
+        """Apply loss_weight * (1 - fix_mask) elementwise."""
+        return err * self.loss_weight
+
+    def inpaint(self, x_t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """Overwrite the fixed entries of x_t with the known values x0."""
+        if self.fix_mask is None:
+            return x_t
+        return x_t * (1 - self.fix_mask) + x0 * self.fix_mask
+
+    def clip(self, x0: torch.Tensor) -> torch.Tensor:
+        if self.x_min is None and self.x_max is None:
+            return x0
+        return torch.clamp(x0, min=self.x_min, max=self.x_max)
+
+    def _check_x(self, x: torch.Tensor, name: str, batch: int | None = None) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if self.x_shape is not None and tuple(x.shape[1:]) != self.x_shape:
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (batch, *{self.x_shape})")
+        if batch is not None and x.shape[0] != batch:
+            raise ValueError(f"{name} has batch {x.shape[0]} but n_samples={batch}")
+        return x.to(self.device, torch.float32)
+
+    def _check_condition(self, condition, name: str, batch: int):
+        if condition is None:
+            return None
+        if isinstance(condition, torch.Tensor):
+            condition = condition.to(self.device)
+        elif isinstance(condition, dict):
+            condition = {k: v.to(self.device) for k, v in condition.items()}
+        else:
+            raise TypeError(f"{name} must be a tensor or a dict of tensors, got {type(condition).__name__}")
+        if _batch_size(condition) != batch:
+            raise ValueError(f"{name} has batch {_batch_size(condition)} but x has batch {batch}")
+        _check_finite(condition, name)
+        return condition
+
+    @torch.no_grad()
+    def ema_update(self) -> None:
+        rate = self.ema_rate
+        if self.ema_warmup:
+            rate = min(rate, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(self._ema_params, self._params, 1.0 - rate)
+
+    def update(self, x0: torch.Tensor, condition=None, update_ema: bool = True, **kwargs) -> dict:
+        """One gradient step on a batch x0 (B, *x_shape) with an optional raw condition."""
+        x0 = self._check_x(x0, "x0")
+        _check_finite(x0, "x0")
+        condition = self._check_condition(condition, "condition", x0.shape[0])
+        if self.x_shape is None:
+            self.x_shape = tuple(x0.shape[1:])
+        with self.autocast():
+            cond_emb = self.encode_condition(self.model, condition)
+            loss, log = self.loss(x0, cond_emb, condition, **kwargs)
+        loss.backward()
+        out = {"loss": loss.item(), **log}
+        if self.grad_clip_norm is not None:
+            out["grad_norm"] = nn.utils.clip_grad_norm_(self._params, self.grad_clip_norm, foreach=True).item()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if update_ema:
+            self.ema_update()
+        self.step += 1
+        return out
+
+    # ------------------------------------------------------------------ sampling
+    def sample_grid(self, sample_steps: int, sample_step_schedule: str):
+        """(alphas, sigmas, noise coordinates) of the grid points, most noise first, clean last."""
+        raise NotImplementedError
+
+    def initial_noise(self, prior: torch.Tensor, temperature: float, sigma_max: float) -> torch.Tensor:
+        return torch.randn_like(prior) * (temperature * sigma_max)
+
+    def _prepare_sampling(self, prior, n_samples, solver, sample_steps, condition_cfg, w_cfg,
+                          condition_cg, w_cg, use_ema, max_steps: int | None):
+        solver = solver or self.default_solver
+        if solver not in self.solvers:
+            raise ValueError(f"solver={solver!r} is not available for {type(self).__name__}; "
+                             f"choose one of {self.solvers}")
+        if not isinstance(sample_steps, int) or sample_steps < 1 or (max_steps is not None and sample_steps > max_steps):
+            hi = max_steps if max_steps is not None else "inf"
+            raise ValueError(f"sample_steps={sample_steps!r} is out of range [1, {hi}]")
+        n_samples = prior.shape[0] if n_samples is None else n_samples
+        prior = self._check_x(prior, "prior", n_samples)
+        if self.fix_mask is not None:
+            _check_finite(prior * self.fix_mask, "prior (fixed entries)")
+        condition_cfg = self._check_condition(condition_cfg, "condition_cfg", n_samples)
+        if w_cg != 0.0 and self.classifier is None:
+            raise ValueError("w_cg != 0 needs a classifier; pass classifier=... to the model")
+        net = self.model_ema if use_ema else self.model
+        cond_emb = self.encode_condition(net, condition_cfg)
+        return solver, prior, net, cond_emb
+
+    def make_denoiser(self, net, cond_emb, w_cfg: float, condition_cg, w_cg: float,
+                      alphas, sigmas, noises, batch: int):
+        """A function (x, i) -> clipped, guided x0 prediction at grid point i."""
+        if cond_emb is not None and w_cfg == 0.0:  # unconditional: the null (zero) embedding
+            cond_emb, w_cfg = torch.zeros_like(cond_emb), 1.0
+        guided = cond_emb is not None and w_cfg != 1.0
+        if guided:
+            cond_emb = torch.cat([cond_emb, torch.zeros_like(cond_emb)])
+        reps = 2 if guided else 1
+        noise_vecs = [torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch * reps, *np.shape(c))
+                      for c in noises]
+
+        def denoise(x, i):
+            a, s = alphas[i], sigmas[i]
+            if guided:
+                x0c, x0u = self.predict_x0(net, torch.cat([x, x]), a, s, noise_vecs[i], cond_emb).chunk(2)
+                x0 = x0u + w_cfg * (x0c - x0u)
+            else:
+                x0 = self.predict_x0(net, x, a, s, noise_vecs[i], cond_emb)
+            if w_cg != 0.0:
+                _, grad = self.classifier.gradients(x, noise_vecs[i][:batch], condition_cg)
+                x0 = x0 + (w_cg * s * s / a) * grad
+            return self.clip(x0)
+
+        return denoise
+
+    def sample(self, prior: torch.Tensor, solver: str | None = None, n_samples: int | None = None,
+               sample_steps: int = 5, sample_step_schedule: str = "uniform", use_ema: bool = True,
+               temperature: float = 1.0, condition_cfg=None, mask_cfg=None, w_cfg: float = 1.0,
+               condition_cg=None, w_cg: float = 0.0, requires_grad: bool = False,
+               preserve_history: bool = False, x_T: torch.Tensor | None = None, **kwargs):
+        """Draw samples; returns (x0, log). `prior` (n_samples, *x_shape) holds the fixed entries
+        (fix_mask) and is otherwise ignored. w_cfg: 1 = conditional (default), 0 = unconditional,
+        >1 = classifier-free guidance. x_T: start from this sample instead of fresh noise. log = {"sample_history": (n, steps + 1, ...) or None, "nfe"}."""
+        if mask_cfg is not None:
+            raise ValueError("mask_cfg is not supported; drop condition entries with the condition encoder")
+        solver, prior, net, cond_emb = self._prepare_sampling(
+            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, condition_cg, w_cg, use_ema,
+            self.max_sample_steps())
+        with torch.set_grad_enabled(requires_grad):
+            alphas, sigmas, noises = self.sample_grid(sample_steps, sample_step_schedule)
+            denoise = self.make_denoiser(net, cond_emb, w_cfg, condition_cg, w_cg, alphas, sigmas, noises,
+                                         prior.shape[0])
+            x = self.initial_noise(prior, temperature, sigmas[0]) if x_T is None else self._check_x(
+                x_T, "x_T", prior.shape[0])
+            x = self.inpaint(x, prior)
+            history = None
+            if preserve_history:
+                history = torch.empty((prior.shape[0], len(sigmas), *prior.shape[1:]), device=self.device)
+            constrain = (lambda v: self.inpaint(v, prior)) if self.fix_mask is not None else None
+            x = solve(denoise, x, alphas, sigmas, solver, constrain, history, **self.solver_kwargs(kwargs))
+        return x, {"sample_history": history, "nfe": solver_nfe(solver, len(sigmas) - 1)}
+
+    def solver_kwargs(self, kwargs: dict) -> dict:
+        if kwargs:
+            raise TypeError(f"unexpected sample() arguments: {sorted(kwargs)}")
+        return {}
+
+    def max_sample_steps(self) -> int | None:
+        return None
+
+    # ------------------------------------------------------------------ persistence
+    def extra_state(self) -> dict:
+        """JSON-able training state of a family (e.g. the CT curriculum)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def save(self, path) -> None:
+        """Atomically write networks, EMA, optimizer, step, RNG state and hyperparameters."""
+        tensors = {f"model.{k}": v for k, v in self.model.state_dict().items()}
+        tensors.update({f"model_ema.{k}": v for k, v in self.model_ema.state_dict().items()})
+        optim_skeleton = flatten_state(self.optimizer.state_dict(), "optimizer", tensors)
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "format": 1, "class": type(self).__name__, "config": self.init_config(), "step": self.step,
+            "x_shape": list(self.x_shape) if self.x_shape is not None else None,
+            "hparams": self.hparams(), "optimizer": optim_skeleton, "extra": self.extra_state(),
+        }
+        save_checkpoint(path, tensors, meta)
+
+    def load(self, path, load_optimizer: bool = True, restore_rng: bool = False):
+        """Load a checkpoint written by save(). Nothing is executed; mismatches raise."""
+        tensors, meta = load_checkpoint(path)
+        if meta.get("class") != type(self).__name__:
+            raise ValueError(f"{path} holds a {meta.get('class')}, not a {type(self).__name__}")
+        mismatched = {k: (v, meta["hparams"].get(k)) for k, v in self.hparams().items()
+                      if meta["hparams"].get(k) != v}
+        if mismatched:
+            detail = ", ".join(f"{k}: model {a!r} vs checkpoint {b!r}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"{path} was saved with different settings: {detail}")
+        for prefix, module in (("model.", self.model), ("model_ema.", self.model_ema)):
+            state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+            missing, unexpected = module.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{path} does not match the networks: missing {missing}, unexpected {unexpected}")
+        if load_optimizer and meta.get("optimizer") is not None:
+            self.optimizer.load_state_dict(unflatten_state(meta["optimizer"], tensors))
+        self.step = meta.get("step", 0)
+        self.x_shape = tuple(meta["x_shape"]) if meta.get("x_shape") is not None else self.x_shape
+        self.load_extra_state(meta.get("extra", {}))
+        if restore_rng:
+            torch.set_rng_state(tensors["rng.torch"])
+        return self
+
+
+def load_model(path, device: str | torch.device | None = None, **overrides) -> DiffusionModel:
+    """Rebuild a model from its checkpoint alone (networks included) and load its weights."""
+    _, meta = load_checkpoint(path)
+    config = meta.get("config")
+    if config is None:
+        raise ValueError(f"{path} does not record how to rebuild its model (a constructor argument was not "
+                         "JSON-serializable); build the model yourself and call .load(path)")
+    config = copy.deepcopy(config)
+    if device is not None:
+        config["kwargs"]["device"] = str(device)
+    config["kwargs"].update(overrides)
+    return build_from_config(config).load(path)

@@ -1,0 +1,66 @@
+"""EDM (Karras et al. 2022): x = x0 + sigma eps, preconditioned denoiser
+D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)), ln sigma ~ N(P_mean, P_std^2) in training,
+Euler / Heun on the Karras grid. The network's noise coordinate is c_noise = 250 ln sigma.
+"""
+import math
+
+import numpy as np
+import torch
+
+from .base import DiffusionModel
+from .schedules import karras_sigmas
+
+
+class ContinuousEDM(DiffusionModel):
+    solvers = ("euler", "heun")
+    default_solver = "euler"
+
+    def __init__(self, nn_diffusion, nn_condition=None, fix_mask=None, loss_weight=None, classifier=None,
+                 grad_clip_norm=None, ema_rate=0.995, optim_params=None, sigma_data: float = 0.5,
+                 sigma_min: float = 0.002, sigma_max: float = 80.0, rho: float = 7.0, P_mean: float = -1.2,
+                 P_std: float = 1.2, x_max=None, x_min=None, device="cpu", precision="auto", ema_warmup=True):
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        super().__init__(nn_diffusion, nn_condition, fix_mask, loss_weight, classifier, grad_clip_norm,
+                         ema_rate, optim_params, x_max, x_min, device, precision, ema_warmup)
+        self.sigma_data, self.sigma_min, self.sigma_max, self.rho = sigma_data, sigma_min, sigma_max, rho
+        self.P_mean, self.P_std = P_mean, P_std
+
+    # c_skip, c_out, c_in, c_noise; works on floats and tensors
+    def precondition(self, sigma):
+        sd2 = self.sigma_data ** 2
+        c_skip = sd2 / (sigma ** 2 + sd2)
+        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
+        c_in = 1 / (sigma ** 2 + sd2) ** 0.5
+        return c_skip, c_out, c_in
+
+    @staticmethod
+    def noise_coordinate(sigma):
+        return 250.0 * (torch.log(sigma) if isinstance(sigma, torch.Tensor) else math.log(sigma))
+
+    def denoise(self, net, x, sigma, cond_emb, noise=None):
+        """D(x, sigma); sigma is a float or a (B,) tensor."""
+        c_skip, c_out, c_in = self.precondition(sigma)
+        if isinstance(sigma, torch.Tensor):
+            shape = (-1, *([1] * (x.dim() - 1)))
+            c_skip, c_out, c_in = c_skip.view(shape), c_out.view(shape), c_in.view(shape)
+            noise = self.noise_coordinate(sigma) if noise is None else noise
+        return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
+
+    def loss(self, x0, cond_emb, condition=None, **kwargs):
+        sigma = (torch.randn(x0.shape[0], device=self.device) * self.P_std + self.P_mean).exp()
+        x = self.inpaint(x0 + sigma.view(-1, *([1] * (x0.dim() - 1))) * torch.randn_like(x0), x0)
+        weight = ((sigma ** 2 + self.sigma_data ** 2) / (sigma * self.sigma_data) ** 2)
+        err = (self.denoise(self.model, x, sigma, cond_emb) - x0) ** 2
+        return (weight.view(-1, *([1] * (x0.dim() - 1))) * self.weighted(err)).mean(), {}
+
+    def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
+        return self.denoise(net, x, sigma, cond_emb, noise)
+
+    def sample_grid(self, sample_steps, sample_step_schedule="karras"):
+        sigmas = np.append(karras_sigmas(sample_steps, self.sigma_min, self.sigma_max, self.rho), 0.0).tolist()
+        noises = [self.noise_coordinate(s) if s > 0 else 0.0 for s in sigmas]
+        return [1.0] * len(sigmas), sigmas, noises
+
+    def hparams(self):
+        return {"sigma_data": self.sigma_data, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max}

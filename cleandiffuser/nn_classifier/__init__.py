@@ -1,0 +1,4 @@
+from .base import BaseNNClassifier
+from .mlp import MLPNNClassifier
+
+__all__ = ["BaseNNClassifier", "MLPNNClassifier"]
