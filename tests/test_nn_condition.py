@@ -124,6 +124,8 @@ def test_resnet_shapes_train_random_eval_deterministic():
     torch.testing.assert_close(out[:, 1], enc(seq[:, 1]))  # frames encoded independently
     with pytest.raises(TypeError):
         enc((x * 127 + 128).to(torch.uint8))
+    with pytest.raises(ValueError):
+        enc(torch.rand(3, 3, 32, 32))  # not image_sz
 
 
 def test_resnet_default_widths_and_group_norm():

@@ -88,9 +88,10 @@ class DiffusionModel(RecordsInit, nn.Module):
             raise ValueError("x_min must be <= x_max everywhere")
         self.x_shape: tuple | None = tuple(self.fix_mask.shape) if self.fix_mask is not None else None
 
+        # fused AdamW: one kernel for all parameters instead of ~10 ops per tensor
         self.optimizer = torch.optim.AdamW(
             [p for p in self.model.parameters() if p.requires_grad],
-            **{"lr": 2e-4, "weight_decay": 1e-5, **(optim_params or {})})
+            **{"lr": 2e-4, "weight_decay": 1e-5, "fused": True, **(optim_params or {})})
         self.precision = precision
         self.autocast_dtype = self._autocast_dtype(precision)
         self.step = 0
@@ -217,7 +218,10 @@ class DiffusionModel(RecordsInit, nn.Module):
         return torch.randn_like(prior) * (temperature * sigma_max)
 
     def _prepare_sampling(self, prior, n_samples, solver, sample_steps, condition_cfg, w_cfg,
-                          condition_cg, w_cg, use_ema, max_steps: int | None):
+                          condition_cg, w_cg, use_ema, max_steps: int | None, guidance: bool = True):
+        if not guidance and w_cfg not in (0.0, 1.0):
+            raise ValueError(f"{type(self).__name__} supports w_cfg=1 (conditional) or 0 (unconditional), "
+                             f"not {w_cfg}: extrapolating one-step outputs leaves the data")
         solver = solver or self.default_solver
         if solver not in self.solvers:
             raise ValueError(f"solver={solver!r} is not available for {type(self).__name__}; "
@@ -237,8 +241,9 @@ class DiffusionModel(RecordsInit, nn.Module):
         return solver, prior, net, cond_emb
 
     def make_denoiser(self, net, cond_emb, w_cfg: float, condition_cg, w_cg: float,
-                      alphas, sigmas, noises, batch: int):
-        """A function (x, i) -> clipped, guided x0 prediction at grid point i."""
+                      alphas, sigmas, noises, batch: int, clip_at=None):
+        """A function (x, i) -> guided x0 prediction at grid point i, clipped to [x_min, x_max]
+        unless clip_at[i] is False (for samplers whose outputs are still noisy)."""
         if cond_emb is not None and w_cfg == 0.0:  # unconditional: the null (zero) embedding
             cond_emb, w_cfg = torch.zeros_like(cond_emb), 1.0
         guided = cond_emb is not None and w_cfg != 1.0
@@ -258,7 +263,7 @@ class DiffusionModel(RecordsInit, nn.Module):
             if w_cg != 0.0:
                 _, grad = self.classifier.gradients(x, noise_vecs[i][:batch], condition_cg)
                 x0 = x0 + (w_cg * s * s / a) * grad
-            return self.clip(x0)
+            return self.clip(x0) if clip_at is None or clip_at[i] else x0
 
         return denoise
 

@@ -1,6 +1,6 @@
 """Consistency models (Song et al. 2023) with improved consistency training (Song & Dhariwal 2023).
 
-f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, 250 ln s), with c_skip(s_min) = 1, c_out(s_min) = 0.
+f(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, ln(s) / 4), with c_skip(s_min) = 1, c_out(s_min) = 0.
 - Consistency training (CT, `loss_type="training"`): doubling curriculum N(k), lognormal pair
   sampling, pseudo-Huber distance on the vector norm, weight 1 / (s_{i+1} - s_i), and the target is
   the online network under stop-gradient (no EMA teacher).
@@ -34,12 +34,12 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float, weight=None) -> tor
 
 
 def jump_sample(model: DiffusionModel, prior, net, cond_emb, w_cfg, levels, renoise, temperature,
-                x_T, preserve_history):
+                x_T, preserve_history, clip_at=None):
     """Shared loop of consistency-style samplers: x <- denoise(x + renoise[i] z, i) for each level i.
     levels = (alphas, sigmas, noises) as in `make_denoiser`; renoise[0] is the initial noise scale."""
     alphas, sigmas, noises = levels
     batch = prior.shape[0]
-    denoise = model.make_denoiser(net, cond_emb, w_cfg, None, 0.0, alphas, sigmas, noises, batch)
+    denoise = model.make_denoiser(net, cond_emb, w_cfg, None, 0.0, alphas, sigmas, noises, batch, clip_at)
     x = torch.randn_like(prior) * (renoise[0] * temperature) if x_T is None else model._check_x(x_T, "x_T", batch)
     history = torch.empty((batch, len(renoise) + 1, *prior.shape[1:]), device=prior.device) \
         if preserve_history else None
@@ -124,7 +124,7 @@ class ContinuousConsistencyModel(DiffusionModel):
         if isinstance(sigma, torch.Tensor):
             shape = (-1, *([1] * (x.dim() - 1)))
             c_skip, c_out, c_in = c_skip.view(shape), c_out.view(shape), c_in.view(shape)
-            noise = 250.0 * torch.log(sigma) if noise is None else noise
+            noise = 0.25 * torch.log(sigma) if noise is None else noise
         return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
@@ -221,10 +221,10 @@ class ContinuousConsistencyModel(DiffusionModel):
         if w_cg != 0.0:
             raise ValueError("consistency models do not support classifier guidance (w_cg must be 0)")
         solver, prior, net, cond_emb = self._prepare_sampling(
-            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None)
+            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None, guidance=False)
         taus = karras_sigmas(sample_steps + 1, self.sigma_min, self.sigma_max, self.rho)[:sample_steps].tolist()
         renoise = [taus[0]] + [math.sqrt(t * t - self.sigma_min ** 2) for t in taus[1:]]
-        levels = ([1.0] * sample_steps, taus, [250.0 * math.log(t) for t in taus])
+        levels = ([1.0] * sample_steps, taus, [0.25 * math.log(t) for t in taus])
         with torch.set_grad_enabled(requires_grad):
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history)

@@ -1,12 +1,13 @@
 """Consistency trajectory model (Kim et al. 2024), the student of Consistency Policy (Prasad et al. 2024).
 
-g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, (250 ln t, 250 ln s)) with EDM's preconditioning, and
+g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, (ln(t) / 4, ln(s) / 4)) with EDM's preconditioning, and
 G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s) jumps along the teacher's ODE from level t to s < t.
 Training (per batch, on a Karras grid of bins + 1 levels, index 0 = sigma_max):
   t ~ U{0..bins-1}, s ~ U{t..bins}, u = min(U{t..s}, t + ode_steps_max); x_u = teacher Heun steps t -> u;
   L_CTM = d(G'(G(x_t, t, s), s, smin), G'(G'(x_u, u, s), s, smin)) with G' = current weights without
   gradient (the gradient flows through the first G only), d = pseudo-Huber on the vector norm;
-  L_DSM = lambda(sigma) ||G(x_sigma, sigma, smin) - x0||^2, sigma half from the grid, half lognormal;
+  L_DSM = lambda(sigma) ||g(x_sigma, sigma, sigma) - x0||^2 (g at s = t is the denoiser), sigma half
+  from the grid, half lognormal;
   L = ctm_weight * L_CTM + dsm_weight * L_DSM.
 Warm start: the student starts as the teacher (its target-time projection is zero-initialized), so
 G(x, t, s) is then exactly one Euler step of the teacher.
@@ -54,22 +55,28 @@ class ConsistencyTrajectoryModel(DiffusionModel):
         self.model["diffusion"].enable_target_time()
 
     # ------------------------------------------------------------------ G(x, t, s)
-    def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
-        """G(x, t, s); t and s are floats or (B,) tensors. `params` replaces the weights (functional)."""
+    def g(self, net, x, t, s, cond_emb, noise=None, params=None):
+        """g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, (t, s)); t, s floats or (B,) tensors.
+        `params` replaces the backbone's weights (functional call, for stop-gradient targets)."""
         sd = self.sigma_data
         c_skip = sd ** 2 / (t ** 2 + sd ** 2)
         c_out = t * sd / (t ** 2 + sd ** 2) ** 0.5
         c_in = 1 / (t ** 2 + sd ** 2) ** 0.5
-        ratio = s / t
         if isinstance(t, torch.Tensor):
             shape = (-1, *([1] * (x.dim() - 1)))
-            c_skip, c_out, c_in, ratio = (v.view(shape) for v in (c_skip, c_out, c_in, ratio))
-            noise = 250.0 * torch.stack([torch.log(t), torch.log(s)], dim=1) if noise is None else noise
+            c_skip, c_out, c_in = (v.view(shape) for v in (c_skip, c_out, c_in))
+            noise = 0.25 * torch.stack([torch.log(t), torch.log(s)], dim=1) if noise is None else noise
         backbone = net["diffusion"]
         args = (c_in * x, noise, cond_emb)
         out = backbone(*args) if params is None else functional_call(backbone, params, args)
-        g = c_skip * x + c_out * out.float()
-        return ratio * x + (1 - ratio) * g
+        return c_skip * x + c_out * out.float()
+
+    def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
+        """G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)."""
+        ratio = s / t
+        if isinstance(ratio, torch.Tensor):
+            ratio = ratio.view(-1, *([1] * (x.dim() - 1)))
+        return ratio * x + (1 - ratio) * self.g(net, x, t, s, cond_emb, noise, params)
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         t, s = sigma
@@ -133,10 +140,11 @@ class ConsistencyTrajectoryModel(DiffusionModel):
         sig = sig.clamp(self.sigma_min * 1.0001, self.sigma_max)
         x_sig = self.inpaint(x0 + sig.view(shape) * torch.randn_like(x0), x0)
 
-        # one forward with gradient for both losses
+        # one forward with gradient for both losses: g(x_t, t, s) for the jump, g(x_sig, sig, sig) for DSM
         cond2 = None if cond_emb is None else torch.cat([cond_emb, cond_emb])
-        out = self.jump(self.model, torch.cat([x_t, x_sig]), torch.cat([t, sig]), torch.cat([s, smin[:b]]), cond2)
-        est, dsm_pred = self.inpaint(out[:b], x0), out[b:]
+        out = self.g(self.model, torch.cat([x_t, x_sig]), torch.cat([t, sig]), torch.cat([s, sig]), cond2)
+        ratio = (s / t).view(shape)
+        est, dsm_pred = self.inpaint(ratio * x_t + (1 - ratio) * out[:b], x0), out[b:]
 
         frozen = {k: v.detach() for k, v in self.model["diffusion"].named_parameters()}
         with torch.no_grad():
@@ -175,7 +183,7 @@ class ConsistencyTrajectoryModel(DiffusionModel):
         if chaining_times is not None:
             sample_steps = len(chaining_times)
         solver, prior, net, cond_emb = self._prepare_sampling(
-            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins)
+            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins, guidance=False)
         smin = self.sigma_min
         if solver == "chain":
             taus = self.chaining_sigmas(sample_steps, chaining_times)
@@ -186,10 +194,10 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             sig = [float(self.grid[i]) for i in idx]
             pairs = list(zip(sig[:-1], sig[1:]))
             renoise = [sig[0]] + [0.0] * (len(pairs) - 1)
-        levels = ([1.0] * len(pairs), pairs, [(250 * math.log(t), 250 * math.log(s)) for t, s in pairs])
+        levels = ([1.0] * len(pairs), pairs, [(0.25 * math.log(t), 0.25 * math.log(s)) for t, s in pairs])
         with torch.set_grad_enabled(requires_grad):
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
-                               preserve_history)
+                               preserve_history, clip_at=[s == smin for _, s in pairs])
 
     def hparams(self):
         return {"sigma_data": self.sigma_data, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,

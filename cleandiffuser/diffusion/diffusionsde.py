@@ -1,6 +1,6 @@
 """VP diffusion (DDPM / score SDE): x_t = alpha_t x0 + sigma_t eps with alpha^2 + sigma^2 = 1.
 
-The network predicts eps (predict_noise=True) or x0. Its noise coordinate is 1000 * t.
+The network predicts eps (predict_noise=True) or x0. Its noise coordinate is t.
 DiscreteDiffusionSDE trains on the T grid times t_i = i / T; ContinuousDiffusionSDE on t ~ U[eps, 1].
 """
 import numpy as np
@@ -12,7 +12,7 @@ from .schedules import index_grid, time_grid, vp_alpha_sigma
 
 
 class _VPDiffusion(DiffusionModel):
-    solvers = tuple(s for s in VP_SOLVERS if s != "euler")
+    solvers = tuple(s for s in VP_SOLVERS if s not in ("euler", "heun"))
     default_solver = "ddpm"
 
     def __init__(self, nn_diffusion, nn_condition=None, fix_mask=None, loss_weight=None, classifier=None,
@@ -37,7 +37,7 @@ class _VPDiffusion(DiffusionModel):
         alpha, sigma = (v.float().view(-1, *([1] * (x0.dim() - 1))) for v in self.alpha_sigma(t))
         eps = torch.randn_like(x0)
         x_t = self.inpaint(alpha * x0 + sigma * eps, x0)
-        out = self.model["diffusion"](x_t, 1000.0 * t.float(), cond_emb).float()
+        out = self.model["diffusion"](x_t, t.float(), cond_emb).float()
         target = eps if self.predict_noise else x0
         return self.weighted((out - target) ** 2).mean(), {}
 
@@ -52,7 +52,7 @@ class _VPDiffusion(DiffusionModel):
         alphas, sigmas = self.alpha_sigma(torch.from_numpy(times))
         alphas, sigmas = alphas.tolist(), sigmas.tolist()
         alphas[-1], sigmas[-1] = 1.0, 0.0  # the clean end
-        return alphas, sigmas, (1000.0 * times).tolist()
+        return alphas, sigmas, times.tolist()
 
 
 class DiscreteDiffusionSDE(_VPDiffusion):

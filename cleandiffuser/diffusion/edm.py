@@ -1,6 +1,6 @@
 """EDM (Karras et al. 2022): x = x0 + sigma eps, preconditioned denoiser
 D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)), ln sigma ~ N(P_mean, P_std^2) in training,
-Euler / Heun on the Karras grid. The network's noise coordinate is c_noise = 250 ln sigma.
+Euler / Heun on the Karras grid. The network's noise coordinate is c_noise = ln(sigma) / 4.
 """
 import math
 
@@ -36,7 +36,7 @@ class ContinuousEDM(DiffusionModel):
 
     @staticmethod
     def noise_coordinate(sigma):
-        return 250.0 * (torch.log(sigma) if isinstance(sigma, torch.Tensor) else math.log(sigma))
+        return 0.25 * (torch.log(sigma) if isinstance(sigma, torch.Tensor) else math.log(sigma))
 
     def denoise(self, net, x, sigma, cond_emb, noise=None):
         """D(x, sigma); sigma is a float or a (B,) tensor."""

@@ -1,7 +1,7 @@
 """Rectified flow: x_t = (1 - t) x0 + t x1, the network predicts the velocity x1 - x0.
 
 x1 is Gaussian noise by default or any source (`source=` in update, `x_T=` in sample: reflow).
-Sampling integrates from t = 1 to 0 with Euler steps. Noise coordinate: 1000 * t.
+Sampling integrates from t = 1 to 0 with Euler steps. Noise coordinate: t.
 """
 import numpy as np
 import torch
@@ -22,14 +22,14 @@ class ContinuousRectifiedFlow(DiffusionModel):
         t = self.sample_times(x0.shape[0])
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
         x_t = self.inpaint((1 - tb) * x0 + tb * x1, x0)
-        v = self.model["diffusion"](x_t, 1000.0 * t, cond_emb).float()
+        v = self.model["diffusion"](x_t, t, cond_emb).float()
         return self.weighted((v - (x1 - x0)) ** 2).mean(), {}
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         return x - sigma * net["diffusion"](x, noise, cond_emb)
 
     def _grid_from_times(self, times: np.ndarray):
-        return (1.0 - times).tolist(), times.tolist(), (1000.0 * times).tolist()
+        return (1.0 - times).tolist(), times.tolist(), times.tolist()
 
     def sample_grid(self, sample_steps, sample_step_schedule):
         return self._grid_from_times(time_grid(sample_steps, sample_step_schedule))

@@ -7,7 +7,7 @@ from cleandiffuser.nn_diffusion.embeddings import NoiseEmbedding
 class BaseNNClassifier(nn.Module):
     """A noise-conditioned scalar network for guidance: forward(x, noise, condition=None) -> (B, out_dim).
 
-    x: (B, *x_shape) noisy sample; noise: (B,) float noise coordinate on the 1000 scale (see
+    x: (B, *x_shape) noisy sample; noise: (B,) float noise coordinate of order one (see
     nn_diffusion/embeddings.py), embedded by `self.map_noise`; condition: (B, ...) or None.
     The output is a logit / value / energy, interpreted by the wrappers in cleandiffuser.classifier.
     """

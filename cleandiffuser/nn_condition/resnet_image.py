@@ -117,7 +117,8 @@ class ResNet18ImageCondition(BaseNNCondition):
     Augmentation: with `crop_size` set, a random crop per image in training mode and the centre
     crop in eval mode (so the network always sees crop_size images).
 
-    Images: float (B, C, H, W) or (B, To, C, H, W), already normalized (see module docstring).
+    Images: float (B, C, H, W) or (B, To, C, H, W) with (C, H, W) = (in_channel, *image_sz),
+    already normalized (see module docstring). Default emb_dim 256; dropout (CFG) default 0.
     """
 
     def __init__(self, image_sz: int | Sequence[int] = 84, in_channel: int = 3, emb_dim: int = 256,
@@ -159,8 +160,9 @@ class ResNet18ImageCondition(BaseNNCondition):
             raise ValueError(f"expected (B, C, H, W) or (B, To, C, H, W), got {tuple(images.shape)}")
         lead = tuple(images.shape[:-3])
         x = images.reshape(-1, *images.shape[-3:])
-        if x.shape[1] != self.in_channel:
-            raise ValueError(f"expected {self.in_channel} channels, got {x.shape[1]}")
+        if x.shape[1] != self.in_channel or tuple(x.shape[2:]) != self.image_sz:
+            raise ValueError(f"expected images of shape ({self.in_channel}, {self.image_sz[0]}, "
+                             f"{self.image_sz[1]}), got {tuple(x.shape[1:])}")
         if self.crop_size is not None:
             x = _crop(x, self.crop_size, random=self.training)
         return x, lead

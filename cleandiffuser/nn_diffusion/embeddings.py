@@ -1,10 +1,12 @@
 """Noise-level embeddings.
 
-Every generative model feeds its backbone one scalar per sample, the *noise coordinate*, on a
-"1000 scale": VP diffusion and rectified flow use 1000 * t (t in [0, 1]); EDM, consistency
-models and CTM use 250 * ln(sigma) (about -1550 .. 1100). The embeddings below are designed for
-that range: sinusoidal frequencies as in DDPM, random Fourier frequencies with scale 0.02 as in
-improved consistency training. Inputs are always float, so distinct steps never collapse.
+Every generative model feeds its backbone one float per sample, the *noise coordinate*, of order
+one: VP diffusion and rectified flow use the time t in [0, 1]; EDM, consistency models and CTM use
+c_noise = ln(sigma) / 4 (about -1.6 .. 1.1). Positional embeddings see 1000 * c (DDPM's step
+scale: frequencies from 1 to 1 / max_positions); Fourier embeddings see c itself with frequencies
+~ N(0, scale^2): the default scale 16 gives high-frequency features, and scale 0.02 (as improved
+consistency training recommends) gives smooth, nearly linear ones, which consistency training
+needs. Inputs stay float, so distinct steps never collapse.
 """
 import math
 
@@ -24,14 +26,14 @@ class PositionalEmbedding(nn.Module):
         self.register_buffer("freqs", (1.0 / max_positions) ** freqs, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()[:, None] * self.freqs[None]
+        x = (1000.0 * x.float())[:, None] * self.freqs[None]
         return torch.cat([x.cos(), x.sin()], dim=-1)
 
 
 class FourierEmbedding(nn.Module):
     """Random Fourier features [cos(2 pi f x), sin(2 pi f x)], f ~ N(0, scale^2), fixed."""
 
-    def __init__(self, dim: int, scale: float = 0.02):
+    def __init__(self, dim: int, scale: float = 16.0):
         super().__init__()
         if dim % 2:
             raise ValueError(f"fourier embedding dim must be even, got {dim}")
