@@ -1,0 +1,108 @@
+"""Training and sampling speed of every generative model with the IDQLMlp backbone (obs 17, act 6,
+batch 256), next to the machine's floor (network FLOPs / measured matmul peak).
+
+    python benchmarks/bench_core.py [--threads 2] [--seconds 3]
+
+Prints two tables. "floor" is the time the matmuls alone would take at the measured peak.
+"""
+import argparse
+import time
+
+import torch
+import torch.nn as nn
+
+from cleandiffuser.diffusion import (ConsistencyTrajectoryModel, ContinuousConsistencyModel, ContinuousEDM,
+                                     ContinuousRectifiedFlow, DiscreteDiffusionSDE)
+from cleandiffuser.nn_condition import IdentityCondition
+from cleandiffuser.nn_diffusion import IDQLMlp
+
+OBS, ACT, BATCH = 17, 6, 256
+
+
+def matmul_peak(dtype, seconds):
+    a, b = torch.randn(256, 1024, dtype=dtype), torch.randn(1024, 1024, dtype=dtype)
+    return 2 * 256 * 1024 * 1024 / timeit(lambda: a @ b, seconds)
+
+
+def timeit(fn, seconds):
+    fn()
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds or n < 5:
+        fn()
+        n += 1
+    return (time.perf_counter() - t0) / n
+
+
+def forward_flops(net: nn.Module, batch: int) -> float:
+    return sum(2 * m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear)) * batch
+
+
+def make(kind, precision):
+    net = lambda **kw: IDQLMlp(OBS, ACT, **kw)  # noqa: E731
+    common = dict(optim_params={"lr": 3e-4}, x_max=torch.ones(1, ACT), x_min=-torch.ones(1, ACT),
+                  precision=precision)
+    if kind == "DDPM (T=5)":
+        return DiscreteDiffusionSDE(net(), IdentityCondition(dropout=0.0), diffusion_steps=5, **common), {}
+    if kind == "EDM":
+        return ContinuousEDM(net(), IdentityCondition(dropout=0.0), **common), {}
+    if kind == "RF":
+        return ContinuousRectifiedFlow(net(), IdentityCondition(dropout=0.0), **common), {}
+    if kind == "CT":
+        return ContinuousConsistencyModel(net(timestep_emb_type="untrainable_fourier",
+                                              timestep_emb_params={"scale": 0.02}),
+                                          IdentityCondition(dropout=0.0), **common), {}
+    teacher = ContinuousEDM(net(), IdentityCondition(dropout=0.0), **common)
+    if kind == "CD":
+        cm = ContinuousConsistencyModel(net(), IdentityCondition(dropout=0.0), **common)
+        return cm.prepare_distillation(teacher, distillation_N=18), {"loss_type": "distillation"}
+    ctm = ConsistencyTrajectoryModel(net(), IdentityCondition(dropout=0.0), **common)
+    return ctm.prepare_distillation(teacher), {}
+
+
+# network passes per update, counted as forward-equivalents (a backward is two)
+PASSES = {"DDPM (T=5)": 3, "EDM": 3, "RF": 3, "CT": 4, "CD": 4 + 4, "CTM": 2 * 3 + 2 + 4 + 1 + 2}
+NFES = {"DDPM (T=5)": [5], "EDM": [1, 2, 4], "RF": [1, 2, 4], "CT": [1, 2, 4], "CD": [1, 2, 4], "CTM": [1, 2, 4]}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--seconds", type=float, default=3.0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    peak = {"fp32": matmul_peak(torch.float32, args.seconds), "bf16": matmul_peak(torch.bfloat16, args.seconds)}
+    flops = forward_flops(IDQLMlp(OBS, ACT), BATCH)
+    print(f"torch {torch.__version__}, {args.threads} threads; matmul peak fp32 {peak['fp32'] / 1e9:.0f} GFLOP/s, "
+          f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; IDQLMlp forward at batch {BATCH}: {flops / 1e9:.3f} GFLOP\n")
+
+    obs, act = torch.randn(BATCH, OBS), torch.rand(BATCH, ACT) * 2 - 1
+    print(f"{'model':<11} {'fp32 upd/s':>10} {'floor':>7} {'bf16 upd/s':>10} {'floor':>7}")
+    for kind in PASSES:
+        row = f"{kind:<11}"
+        for precision in ("fp32", "bf16"):
+            model, kw = make(kind, precision)
+            model.train()
+            sec = timeit(lambda: model.update(act, obs, **kw), args.seconds)
+            floor = peak[precision] / (PASSES[kind] * flops)
+            row += f" {1 / sec:>10.1f} {floor:>7.0f}"
+        print(row, flush=True)
+
+    print(f"\n{'model':<11} {'NFE':>4} {'ms @ batch 1':>13} {'ms @ batch 256':>15}")
+    net = IDQLMlp(OBS, ACT).eval()
+    with torch.no_grad():
+        raw = timeit(lambda: net(torch.randn(1, ACT), torch.ones(1), torch.randn(1, OBS)), args.seconds)
+    print(f"{'raw forward':<11} {1:>4} {raw * 1000:>13.3f}")
+    for kind, nfes in NFES.items():
+        model, _ = make(kind, "fp32")
+        model.eval()
+        for nfe in nfes:
+            kw = dict(sample_steps=nfe)
+            if kind == "CTM":
+                kw["sample_steps"] = nfe
+            one = timeit(lambda: model.sample(torch.zeros(1, ACT), condition_cfg=obs[:1], **kw), args.seconds)
+            full = timeit(lambda: model.sample(torch.zeros(BATCH, ACT), condition_cfg=obs, **kw), args.seconds)
+            print(f"{kind:<11} {nfe:>4} {one * 1000:>13.3f} {full * 1000:>15.2f}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
