@@ -250,7 +250,8 @@ class DiffusionModel(RecordsInit, nn.Module):
         if guided:
             cond_emb = torch.cat([cond_emb, torch.zeros_like(cond_emb)])
         reps = 2 if guided else 1
-        noise_vecs = [torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch * reps, *np.shape(c))
+        noise_vecs = [torch.full((batch * reps,), c, device=self.device) if np.ndim(c) == 0 else
+                      torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch * reps, len(c))
                       for c in noises]
 
         def denoise(x, i):

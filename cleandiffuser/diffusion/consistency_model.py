@@ -113,6 +113,7 @@ class ContinuousConsistencyModel(DiffusionModel):
         self.distillation_N: int | None = None
         self.teacher_solver = "heun"
         self._pair_cache: dict = {}
+        self._level_cache: dict = {}
 
     # ------------------------------------------------------------------ the consistency function
     def consistency(self, net, x, sigma, cond_emb, noise=None):
@@ -222,12 +223,19 @@ class ContinuousConsistencyModel(DiffusionModel):
             raise ValueError("consistency models do not support classifier guidance (w_cg must be 0)")
         solver, prior, net, cond_emb = self._prepare_sampling(
             prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None, guidance=False)
-        taus = karras_sigmas(sample_steps + 1, self.sigma_min, self.sigma_max, self.rho)[:sample_steps].tolist()
-        renoise = [taus[0]] + [math.sqrt(t * t - self.sigma_min ** 2) for t in taus[1:]]
-        levels = ([1.0] * sample_steps, taus, [0.25 * math.log(t) for t in taus])
+        levels, renoise = self._levels(sample_steps)
         with torch.set_grad_enabled(requires_grad):
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history)
+
+    def _levels(self, sample_steps: int):
+        """(alphas, sigmas, noise coordinates) and re-noise scales of the sampler, cached per step count."""
+        if sample_steps not in self._level_cache:
+            taus = karras_sigmas(sample_steps + 1, self.sigma_min, self.sigma_max, self.rho)[:sample_steps].tolist()
+            renoise = [taus[0]] + [math.sqrt(t * t - self.sigma_min ** 2) for t in taus[1:]]
+            self._level_cache[sample_steps] = (([1.0] * sample_steps, taus, [0.25 * math.log(t) for t in taus]),
+                                               renoise)
+        return self._level_cache[sample_steps]
 
     # ------------------------------------------------------------------ persistence
     def hparams(self):
