@@ -21,11 +21,11 @@ def _net(**kw):
 
 def _train(model, steps, desc, **update_kw):
     from tqdm import trange
-    bar = trange(steps, desc=desc, leave=False)
-    for _ in bar:
+    bar = trange(steps, desc=desc, leave=False, mininterval=0.5)
+    for i in bar:
         log = model.update(gaussian_ring(256)[0], **update_kw)
-        if bar.n % 100 == 0:
-            bar.set_postfix(loss=f"{log['loss']:.4f}")
+        if i % 200 == 0:
+            bar.set_postfix(loss=f"{log['loss']:.4f}", refresh=False)
     return model
 
 
