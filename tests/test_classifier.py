@@ -5,12 +5,6 @@ from cleandiffuser.classifier import BaseClassifier, CumRewClassifier, MSEClassi
 from cleandiffuser.nn_classifier import BaseNNClassifier, MLPNNClassifier
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _corr(a, b):

@@ -13,13 +13,6 @@ from cleandiffuser.nn_condition.resnet_image import _crop
 TINY = dict(width=1 / 8)  # channels (8, 16, 32, 64)
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny convolutions: intra-op threads only add spin-waiting on a shared 2-core machine.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _dropped_fraction(emb: torch.Tensor) -> float:

@@ -28,16 +28,6 @@ NAMES = list(SPECS)
 ZERO_INIT = {"dit"}  # adaLN-Zero: some gradients are exactly zero at the first step
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These models are tiny: intra-op threads only add overhead, and on a shared, busy 2-core
-    # machine a threaded 8x32 matmul can stall for milliseconds.
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(name, batch=B, seed=0):
     torch.manual_seed(seed)
     factory, xs, cs = SPECS[name]

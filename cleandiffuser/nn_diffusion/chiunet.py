@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 
 from .base import BaseNNDiffusion
-from .jannerunet import Conv1dBlock, check_horizon, downsample1d, unet_widths, upsample1d
+from .jannerunet import Conv1dBlock, check_horizon, downsample1d, unet_pass, unet_widths, upsample1d
 
 
 class FiLMResidualBlock(nn.Module):
@@ -85,13 +85,4 @@ class ChiUNet1d(BaseNNDiffusion):
             cond = torch.cat([cond, condition], -1)
         elif condition is not None:
             raise ValueError("obs_as_global_cond=False: observations are part of x; condition must be None")
-        h, skips = x.transpose(1, 2), []
-        for b1, b2, down in self.downs:
-            h = b2(b1(h, cond), cond)
-            skips.append(h)
-            h = down(h)
-        for b in self.mids:
-            h = b(h, cond)
-        for b1, b2, up in self.ups:
-            h = up(b2(b1(torch.cat([h, skips.pop()], 1), cond), cond))
-        return self.final(h).transpose(1, 2)
+        return unet_pass(self, x, cond)

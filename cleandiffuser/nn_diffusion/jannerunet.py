@@ -93,13 +93,19 @@ class JannerUNet1d(BaseNNDiffusion):
         emb = self.map_noise(noise)
         if condition is not None:
             emb = emb + condition
-        h, skips = x.transpose(1, 2), []
-        for b1, b2, down in self.downs:
-            h = b2(b1(h, emb), emb)
-            skips.append(h)
-            h = down(h)
-        for b in self.mids:
-            h = b(h, emb)
-        for b1, b2, up in self.ups:
-            h = up(b2(b1(torch.cat([h, skips.pop()], 1), emb), emb))
-        return self.final(h).transpose(1, 2)
+        return unet_pass(self, x, emb)
+
+
+def unet_pass(unet: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Down path with skips, middle, up path; x (B, horizon, C) -> (B, horizon, C_out).
+    `unet` has `downs` [(block, block, downsample)], `mids` [block], `ups` [(block, block, upsample)], `final`."""
+    h, skips = x.transpose(1, 2), []
+    for b1, b2, down in unet.downs:
+        h = b2(b1(h, cond), cond)
+        skips.append(h)
+        h = down(h)
+    for b in unet.mids:
+        h = b(h, cond)
+    for b1, b2, up in unet.ups:
+        h = up(b2(b1(torch.cat([h, skips.pop()], 1), cond), cond))
+    return unet.final(h).transpose(1, 2)
