@@ -7,7 +7,7 @@ import sys
 def _demo(args) -> int:
     from .demos.toy2d import format_table, run
     print(f"Training EDM, consistency distillation and consistency training on a 2-D mixture of 8 Gaussians "
-          f"({args.steps} steps each; about a minute on 2 CPU cores)...", flush=True)
+          f"({args.steps} EDM steps; about a minute on 2 CPU cores)...", flush=True)
     rows = run(out=args.out, steps=args.steps, seed=args.seed)
     print(format_table(rows))
     print(f"\nplot: {os.path.join(args.out, 'samples.png')}\nreport: {os.path.join(args.out, 'report.json')}"
@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="one-step consistency models on a 2-D toy: train, sample, plot")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    demo.add_argument("--steps", type=int, default=2000, help="gradient steps per model (default: 2000)")
+    demo.add_argument("--steps", type=int, default=2000, help="EDM steps; CD gets half, CT twice (default: 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     args = parser.parse_args(argv)
