@@ -143,3 +143,14 @@ def test_ctm_chaining_times_and_bins():
         ctm.chaining_sigmas(2, [0, 80])
     with pytest.raises(ValueError, match=r"sample_steps=81 is out of range \[1, 80\]"):
         ctm.sample(torch.zeros(2, 2), sample_steps=81)
+
+
+def test_sampling_without_grad_builds_no_graph():
+    cm = ContinuousConsistencyModel(small_net(obs_dim=3), IdentityCondition(dropout=0.0))
+    x, _ = cm.sample(torch.zeros(4, 2), condition_cfg=torch.randn(4, 3, requires_grad=True))
+    assert not x.requires_grad
+    with pytest.raises(ValueError, match=r"sample_steps=0 is out of range"):
+        cm.sample(torch.zeros(4, 2), sample_steps=0)
+    ctm = ConsistencyTrajectoryModel(small_net(), bins=10)
+    _, log = ctm.sample(torch.zeros(4, 2), sample_steps=2)  # default solver: chain (NFE = steps)
+    assert log["nfe"] == 2

@@ -236,9 +236,10 @@ class DiffusionModel(RecordsInit, nn.Module):
         condition_cfg = self._check_condition(condition_cfg, "condition_cfg", n_samples)
         if w_cg != 0.0 and self.classifier is None:
             raise ValueError("w_cg != 0 needs a classifier; pass classifier=... to the model")
+        condition_cg = self._check_condition(condition_cg, "condition_cg", n_samples)
         net = self.model_ema if use_ema else self.model
         cond_emb = self.encode_condition(net, condition_cfg)
-        return solver, prior, net, cond_emb
+        return solver, prior, net, cond_emb, condition_cg
 
     def make_denoiser(self, net, cond_emb, w_cfg: float, condition_cg, w_cg: float,
                       alphas, sigmas, noises, batch: int, clip_at=None):
@@ -261,7 +262,7 @@ class DiffusionModel(RecordsInit, nn.Module):
                 x0 = x0u + w_cfg * (x0c - x0u)
             else:
                 x0 = self.predict_x0(net, x, a, s, noise_vecs[i], cond_emb)
-            if w_cg != 0.0:
+            if w_cg != 0.0 and a > 0:  # no guidance at pure noise (rectified flow's t = 1)
                 _, grad = self.classifier.gradients(x, noise_vecs[i][:batch], condition_cg)
                 x0 = x0 + (w_cg * s * s / a) * grad
             return self.clip(x0) if clip_at is None or clip_at[i] else x0
@@ -272,16 +273,19 @@ class DiffusionModel(RecordsInit, nn.Module):
                sample_steps: int = 5, sample_step_schedule: str = "uniform", use_ema: bool = True,
                temperature: float = 1.0, condition_cfg=None, mask_cfg=None, w_cfg: float = 1.0,
                condition_cg=None, w_cg: float = 0.0, requires_grad: bool = False,
-               preserve_history: bool = False, x_T: torch.Tensor | None = None, **kwargs):
-        """Draw samples; returns (x0, log). `prior` (n_samples, *x_shape) holds the fixed entries
-        (fix_mask) and is otherwise ignored. w_cfg: 1 = conditional (default), 0 = unconditional,
-        >1 = classifier-free guidance. x_T: start from this sample instead of fresh noise. log = {"sample_history": (n, steps + 1, ...) or None, "nfe"}."""
+               preserve_history: bool = False, x_T: torch.Tensor | None = None):
+        """Draw samples; returns (x0, log).
+
+        prior (n_samples, *x_shape) holds the fixed entries (fix_mask) and is otherwise ignored.
+        w_cfg: 1 = conditional (default), 0 = unconditional, > 1 = classifier-free guidance.
+        x_T: start from this sample instead of fresh noise.
+        log = {"sample_history": (n, steps + 1, *x_shape) or None, "nfe": network evaluations}."""
         if mask_cfg is not None:
             raise ValueError("mask_cfg is not supported; drop condition entries with the condition encoder")
-        solver, prior, net, cond_emb = self._prepare_sampling(
-            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, condition_cg, w_cg, use_ema,
-            self.max_sample_steps())
         with torch.set_grad_enabled(requires_grad):
+            solver, prior, net, cond_emb, condition_cg = self._prepare_sampling(
+                prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, condition_cg, w_cg, use_ema,
+                self.max_sample_steps())
             alphas, sigmas, noises = self.sample_grid(sample_steps, sample_step_schedule)
             denoise = self.make_denoiser(net, cond_emb, w_cfg, condition_cg, w_cg, alphas, sigmas, noises,
                                          prior.shape[0])
@@ -292,13 +296,8 @@ class DiffusionModel(RecordsInit, nn.Module):
             if preserve_history:
                 history = torch.empty((prior.shape[0], len(sigmas), *prior.shape[1:]), device=self.device)
             constrain = (lambda v: self.inpaint(v, prior)) if self.fix_mask is not None else None
-            x = solve(denoise, x, alphas, sigmas, solver, constrain, history, **self.solver_kwargs(kwargs))
+            x = solve(denoise, x, alphas, sigmas, solver, constrain, history)
         return x, {"sample_history": history, "nfe": solver_nfe(solver, len(sigmas) - 1)}
-
-    def solver_kwargs(self, kwargs: dict) -> dict:
-        if kwargs:
-            raise TypeError(f"unexpected sample() arguments: {sorted(kwargs)}")
-        return {}
 
     def max_sample_steps(self) -> int | None:
         return None

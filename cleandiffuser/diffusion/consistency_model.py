@@ -221,10 +221,11 @@ class ContinuousConsistencyModel(DiffusionModel):
             raise ValueError("mask_cfg is not supported")
         if w_cg != 0.0:
             raise ValueError("consistency models do not support classifier guidance (w_cg must be 0)")
-        solver, prior, net, cond_emb = self._prepare_sampling(
-            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None, guidance=False)
-        levels, renoise = self._levels(sample_steps)
         with torch.set_grad_enabled(requires_grad):
+            solver, prior, net, cond_emb, _ = self._prepare_sampling(
+                prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None,
+                guidance=False)
+            levels, renoise = self._levels(sample_steps)
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history)
 

@@ -182,20 +182,21 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             raise ValueError("consistency trajectory models do not support classifier guidance (w_cg must be 0)")
         if chaining_times is not None:
             sample_steps = len(chaining_times)
-        solver, prior, net, cond_emb = self._prepare_sampling(
-            prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins, guidance=False)
-        smin = self.sigma_min
-        if solver == "chain":
-            taus = self.chaining_sigmas(sample_steps, chaining_times)
-            pairs = [(t, smin) for t in taus]
-            renoise = [taus[0]] + [math.sqrt(t * t - smin * smin) for t in taus[1:]]
-        else:
-            idx = np.unique(np.round(np.linspace(0, self.bins, sample_steps + 1))).astype(int)
-            sig = [float(self.grid[i]) for i in idx]
-            pairs = list(zip(sig[:-1], sig[1:]))
-            renoise = [sig[0]] + [0.0] * (len(pairs) - 1)
-        levels = ([1.0] * len(pairs), pairs, [(0.25 * math.log(t), 0.25 * math.log(s)) for t, s in pairs])
         with torch.set_grad_enabled(requires_grad):
+            solver, prior, net, cond_emb, _ = self._prepare_sampling(
+                prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins,
+                guidance=False)
+            smin = self.sigma_min
+            if solver == "chain":
+                taus = self.chaining_sigmas(sample_steps, chaining_times)
+                pairs = [(t, smin) for t in taus]
+                renoise = [taus[0]] + [math.sqrt(t * t - smin * smin) for t in taus[1:]]
+            else:
+                idx = np.unique(np.round(np.linspace(0, self.bins, sample_steps + 1))).astype(int)
+                sig = [float(self.grid[i]) for i in idx]
+                pairs = list(zip(sig[:-1], sig[1:]))
+                renoise = [sig[0]] + [0.0] * (len(pairs) - 1)
+            levels = ([1.0] * len(pairs), pairs, [(0.25 * math.log(t), 0.25 * math.log(s)) for t, s in pairs])
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history, clip_at=[s == smin for _, s in pairs])
 
