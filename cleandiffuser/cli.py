@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--steps", type=int, default=2000, help="EDM steps; CD gets half, CT twice (default: 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .datagen.cli import add_dataset_commands
+    add_dataset_commands(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -134,7 +134,7 @@ def test_sac_polyak_update():
 def test_sac_resume_is_exact_and_feeds_datasets(mujoco_env, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    from cleandiffuser.datagen.sac import load_replay_transitions, read_eval_csv, train_sac
+    from cleandiffuser.datagen.sac import _lock_run_dir, load_replay_transitions, read_eval_csv, train_sac
 
     monkeypatch.setenv("CLEANDIFFUSER_DATA", str(tmp_path / "data"))
     kw = dict(total_steps=300, checkpoint_every=150, snapshot_every=100, eval_episodes=1, log=None)
@@ -153,6 +153,10 @@ def test_sac_resume_is_exact_and_feeds_datasets(mujoco_env, tmp_path, monkeypatc
     assert json.loads((rb / "latest.json").read_text())["step"] == 150
     with pytest.raises(ValueError, match="different config"):
         train_sac(rb, _tiny_cfg(seed=4), **kw)
+    held = _lock_run_dir(rb)  # another live process training into the same directory
+    with pytest.raises(RuntimeError, match="another process"):
+        train_sac(rb, None, **kw)
+    held.close()
     train_sac(rb, None, **kw)  # restart: resumes from step 150
 
     def final(run):

@@ -501,10 +501,35 @@ def train_sac(
     equal the stored one. ``callback(env_steps)`` is called after every env step (tests
     use it to simulate a crash). Returns a summary dict.
     """
-    from ..env import make_env, normalized_score, get_env_state, set_env_state
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    lock = _lock_run_dir(out)
+    try:
+        return _train(out, cfg, total_steps, checkpoint_every, snapshot_every, eval_episodes, keep_checkpoints,
+                      log_every, log, callback)
+    finally:
+        lock.close()
+
+
+def _lock_run_dir(out: Path):
+    """Exclusive lock on ``out/.lock`` so two processes never train into one directory."""
+    f = open(out / ".lock", "a")
+    try:
+        import fcntl
+
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except ImportError:  # pragma: no cover - non-POSIX
+        pass
+    except OSError:
+        f.close()
+        raise RuntimeError(f"another process is training in {out} (lock {out / '.lock'} is held)") from None
+    return f
+
+
+def _train(out, cfg, total_steps, checkpoint_every, snapshot_every, eval_episodes, keep_checkpoints,
+           log_every, log, callback) -> dict:
+    from ..env import get_env_state, make_env, normalized_score, set_env_state
+
     cfg_path = out / "config.json"
     if cfg_path.is_file():
         stored = SACConfig.from_json(json.loads(cfg_path.read_text()))

@@ -45,7 +45,7 @@ def main(argv=None) -> int:
         summary = train_sac(args.out, cfg, total_steps=args.steps, checkpoint_every=args.checkpoint_every,
                             snapshot_every=args.snapshot_every, eval_episodes=args.eval_episodes,
                             log=lambda s: print(s, flush=True))
-    except ValueError as e:  # e.g. --out holds a run with another config
+    except (ValueError, RuntimeError) as e:  # --out holds a run with another config, or is in use
         print(f"error: {e}", file=sys.stderr)
         return 2
     sel = select_snapshots(args.out, args.medium_fraction)

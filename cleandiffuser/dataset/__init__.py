@@ -75,3 +75,6 @@ __all__ = [
     "TensorBatchSampler",
     "loop_dataloader",
 ]
+
+# Register the names of the datasets this library generates (cheap: no simulator is imported).
+from .. import datagen as _datagen  # noqa: E402,F401
