@@ -11,6 +11,8 @@ from typing import Any
 
 import numpy as np
 
+from .evaluation import EvalResult, evaluate  # evaluation harness (gymnasium imported lazily)
+
 __all__ = [
     "ENV_IDS",
     "REF_SCORES",
@@ -21,6 +23,8 @@ __all__ = [
     "normalized_score",
     "get_env_state",
     "set_env_state",
+    "evaluate",
+    "EvalResult",
 ]
 
 #: short (D4RL) family name -> gymnasium id
