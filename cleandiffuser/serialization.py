@@ -9,6 +9,8 @@ import inspect
 import json
 import os
 import tempfile
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -116,21 +118,28 @@ def unflatten_state(skeleton: Any, tensors: dict) -> Any:
     return skeleton
 
 
-def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    """Atomically write tensors + JSON metadata: a crash never leaves a half-written file."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".ckpt")
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary file path next to `path`; it replaces `path` only if the block succeeds, so a
+    crash never leaves a half-written file (and an old file stays intact)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={"cleandiffuser": json.dumps(meta)})
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def save_checkpoint(path: str | os.PathLike, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """Atomically write tensors + JSON metadata."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, tmp, metadata={"cleandiffuser": json.dumps(meta)})
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -1,5 +1,4 @@
 """Checkpoints, resume, validation, curriculum, precision and differentiable sampling."""
-import os
 
 import pytest
 import torch

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from ..serialization import atomic_path
 
 __all__ = ["SNAPSHOT_FORMAT", "NumpyActor", "load_actor_snapshot", "save_actor_snapshot", "file_sha256"]
 
@@ -34,18 +34,9 @@ def atomic_save_safetensors(tensors: Mapping, path, metadata: Mapping[str, str] 
     """``safetensors.torch.save_file`` through a temporary file renamed into place."""
     from safetensors.torch import save_file
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=dict(metadata or {}))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return Path(path)
 
 
 def save_actor_snapshot(actor, path, env_id: str, env_steps: int, action_low, action_high) -> Path:

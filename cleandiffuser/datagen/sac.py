@@ -42,6 +42,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..serialization import atomic_path
 from .policy import SNAPSHOT_FORMAT, NumpyActor, atomic_save_safetensors, save_actor_snapshot
 
 __all__ = [
@@ -274,16 +275,8 @@ _FIELDS = ("obs", "act", "rew", "next_obs", "terminated", "truncated")
 
 
 def _atomic_npz(path: Path, arrays: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.savez(f, **arrays)
 
 
 def _load_npz(path) -> dict:
@@ -422,15 +415,8 @@ def _torch_actor_to_numpy(actor: Actor, low, high) -> NumpyActor:
 
 # --------------------------------------------------------------------------- run files
 def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(text)
 
 
 def _read_latest(run_dir: Path) -> Optional[dict]:

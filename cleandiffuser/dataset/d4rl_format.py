@@ -17,14 +17,13 @@ trailing partial episode.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import h5py
 import numpy as np
 
+from ..serialization import atomic_path
 from .validation import DatasetFormatError, check_array, check_dtype, check_same_length, require_keys
 
 __all__ = [
@@ -291,23 +290,14 @@ def write_d4rl_hdf5(path, data: Mapping[str, Any], metadata: Mapping[str, Any] |
             metadata = {**(metadata or {}), k[len("metadata/"):]: v}
         else:
             extras[k] = v
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as f:
-            for k, v in clean.items():
-                f.create_dataset(k, data=v)
-            for k, v in extras.items():
-                _write_value(f, k, v, path)
-            if infos:
-                _write_value(f, "infos", infos, path)
-            f.require_group("metadata")
-            for k, v in (metadata or {}).items():
-                _write_value(f["metadata"], str(k), v, path)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        for k, v in clean.items():
+            f.create_dataset(k, data=v)
+        for k, v in extras.items():
+            _write_value(f, k, v, path)
+        if infos:
+            _write_value(f, "infos", infos, path)
+        f.require_group("metadata")
+        for k, v in (metadata or {}).items():
+            _write_value(f["metadata"], str(k), v, path)
     return path

@@ -148,7 +148,7 @@ def _read_observations(file: Path, ep: str, item) -> np.ndarray:
         check_dtype(file, leaf_key, ds.dtype, "flag")  # bool / int / float allowed inside Dict spaces
         arr = ds[()]
         if arr.ndim == 0:
-            raise DatasetFormatError(file, leaf_key, f"is a scalar; expected per-step array of shape (T+1, ...)")
+            raise DatasetFormatError(file, leaf_key, "is a scalar; expected per-step array of shape (T+1, ...)")
         check_array(file, leaf_key, arr, kind="flag" if arr.dtype.kind == "b" else "numeric", ndim=range(1, 8))
         parts.append((leaf_key, arr.reshape(arr.shape[0], -1)))
     check_same_length(file, dict(parts))
@@ -167,7 +167,7 @@ def _read_episode(file: Path, f: h5py.File, name: str) -> dict:
         item = grp[k]
         key = f"{name}/{k}"
         if not isinstance(item, h5py.Dataset):
-            raise DatasetFormatError(file, key, f"is an HDF5 group; only array (Box/Discrete) spaces are supported here")
+            raise DatasetFormatError(file, key, "is an HDF5 group; only array (Box/Discrete) spaces are supported here")
         check_dtype(file, key, item.dtype, kind)
         arr = check_array(file, key, item[()], kind=kind, ndim=ndims)
         if k != "actions" and arr.ndim == 2:

@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 
 from .base import BaseNNDiffusion
-from .jannerunet import Conv1dBlock, check_horizon, downsample1d, unet_pass, unet_widths, upsample1d
+from .jannerunet import Conv1dBlock, build_unet_stages, check_horizon, unet_pass, unet_widths
 
 
 class FiLMResidualBlock(nn.Module):
@@ -55,19 +55,8 @@ class ChiUNet1d(BaseNNDiffusion):
         in_dim = act_dim if obs_as_global_cond else act_dim + obs_dim
         cond_dim = emb_dim + self.global_dim
         dims = [in_dim] + unet_widths(model_dim, self.dim_mult)
-        pairs = list(zip(dims[:-1], dims[1:]))
-        n = len(pairs)
-
-        def block(i, o):
-            return FiLMResidualBlock(i, o, cond_dim, kernel_size, n_groups, cond_predict_scale, dropout)
-
-        self.downs = nn.ModuleList(
-            nn.ModuleList([block(i, o), block(o, o), downsample1d(o) if k < n - 1 else nn.Identity()])
-            for k, (i, o) in enumerate(pairs))
-        self.mids = nn.ModuleList([block(dims[-1], dims[-1]), block(dims[-1], dims[-1])])
-        self.ups = nn.ModuleList(
-            nn.ModuleList([block(2 * o, i), block(i, i), upsample1d(i)])
-            for i, o in reversed(pairs[1:]))
+        build_unet_stages(self, dims, lambda i, o: FiLMResidualBlock(
+            i, o, cond_dim, kernel_size, n_groups, cond_predict_scale, dropout))
         self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], kernel_size, n_groups),
                                    nn.Conv1d(dims[1], in_dim, 1))
 

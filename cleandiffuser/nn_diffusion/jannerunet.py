@@ -72,19 +72,7 @@ class JannerUNet1d(BaseNNDiffusion):
         super().__init__(emb_dim, timestep_emb_type, timestep_emb_params)
         self.dim_mult = tuple(dim_mult)
         dims = [in_dim] + unet_widths(model_dim, self.dim_mult)
-        pairs = list(zip(dims[:-1], dims[1:]))
-        n = len(pairs)
-
-        def block(i, o):
-            return ResidualTemporalBlock(i, o, emb_dim, kernel_size)
-
-        self.downs = nn.ModuleList(
-            nn.ModuleList([block(i, o), block(o, o), downsample1d(o) if k < n - 1 else nn.Identity()])
-            for k, (i, o) in enumerate(pairs))
-        self.mids = nn.ModuleList([block(dims[-1], dims[-1]), block(dims[-1], dims[-1])])
-        self.ups = nn.ModuleList(
-            nn.ModuleList([block(2 * o, i), block(i, i), upsample1d(i)])
-            for i, o in reversed(pairs[1:]))
+        build_unet_stages(self, dims, lambda i, o: ResidualTemporalBlock(i, o, emb_dim, kernel_size))
         self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], 5), nn.Conv1d(dims[1], in_dim, 1))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor,
@@ -94,6 +82,18 @@ class JannerUNet1d(BaseNNDiffusion):
         if condition is not None:
             emb = emb + condition
         return unet_pass(self, x, emb)
+
+
+def build_unet_stages(unet: nn.Module, dims: list[int], block) -> None:
+    """Give `unet` its `downs`, `mids` and `ups` ModuleLists for channel widths dims (dims[0] = input);
+    block(in_ch, out_ch) makes one conditioned residual block."""
+    pairs = list(zip(dims[:-1], dims[1:]))
+    unet.downs = nn.ModuleList(
+        nn.ModuleList([block(i, o), block(o, o), downsample1d(o) if k < len(pairs) - 1 else nn.Identity()])
+        for k, (i, o) in enumerate(pairs))
+    unet.mids = nn.ModuleList([block(dims[-1], dims[-1]), block(dims[-1], dims[-1])])
+    unet.ups = nn.ModuleList(
+        nn.ModuleList([block(2 * o, i), block(i, i), upsample1d(i)]) for i, o in reversed(pairs[1:]))
 
 
 def unet_pass(unet: nn.Module, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
