@@ -1,0 +1,162 @@
+"""IDQL (Hansen-Estruch et al. 2023): IQL values + a diffusion behaviour policy + resampling.
+
+Training is decoupled: the actor is a conditional generative model of the dataset's actions
+(plain behaviour cloning, `actor.update(act, obs)`), the critic is IQL (`IQLCritic`). Acting draws
+`num_candidates` actions per observation from the actor and keeps one, favouring a high advantage
+Q(s, a) - V(s); see `IDQLAgent.act`.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+
+from ..diffusion import (
+    ContinuousConsistencyModel,
+    ContinuousEDM,
+    DiffusionModel,
+    DiscreteDiffusionSDE,
+)
+from ..nn_condition import IdentityCondition
+from ..nn_diffusion import IDQLMlp
+from .iql import IQLCritic, _state
+
+__all__ = ["ACTOR_KINDS", "IDQLAgent", "make_idql_actor"]
+
+ACTOR_KINDS = ("ddpm", "edm", "ct", "cd")
+
+# (solver, sample_steps) an actor built by make_idql_actor samples with unless told otherwise
+_DEFAULT_SAMPLING = {DiscreteDiffusionSDE: ("ddpm", None), ContinuousEDM: ("euler", 20),
+                     ContinuousConsistencyModel: ("consistency", 2)}
+
+
+def make_idql_actor(kind: str, obs_dim: int, act_dim: int, *, teacher: ContinuousEDM | None = None,
+                    emb_dim: int = 64, hidden_dim: int = 256, n_blocks: int = 3, dropout: float = 0.1,
+                    ema_rate: float = 0.9999, lr: float = 3e-4, diffusion_steps: int = 5,
+                    distillation_N: int = 18, nn_diffusion=None, device: str | torch.device = "cpu",
+                    **model_kw) -> DiffusionModel:
+    """A standard IDQL actor: an IDQLMlp denoiser conditioned on the (normalized) observation by
+    IdentityCondition(dropout=0), actions bounded to [-1, 1].
+
+    kind:
+        "ddpm": DiscreteDiffusionSDE with `diffusion_steps` (5) steps predicting noise (IDQL's actor);
+                sample with the "ddpm" solver and sample_steps = diffusion_steps.
+        "edm":  ContinuousEDM (Euler / Heun); also the teacher of "cd".
+        "ct":   ContinuousConsistencyModel trained by consistency training; its network embeds the noise
+                level with untrainable Fourier features of scale 0.02.
+        "cd":   ContinuousConsistencyModel distilled from `teacher` (a trained "edm" actor): starts from
+                the teacher's EMA weights (its network is copied) and must be updated with
+                loss_type="distillation" (IDQLAgent.update_actor does that).
+    Defaults follow IDQL (EMA 0.9999, lr 3e-4, 3 LN-ResNet blocks of width 256, dropout 0.1); `model_kw`
+    goes to the model's constructor, `nn_diffusion` replaces the default IDQLMlp.
+    """
+    if kind not in ACTOR_KINDS:
+        raise ValueError(f"kind={kind!r} is not one of {ACTOR_KINDS}")
+    if kind == "cd" and teacher is None:
+        raise ValueError('make_idql_actor("cd", ...) needs teacher=<a trained ContinuousEDM>')
+    if nn_diffusion is None:
+        if kind == "cd":
+            nn_diffusion = copy.deepcopy(teacher.model["diffusion"])  # same architecture as the teacher
+        else:
+            emb = dict(timestep_emb_type="untrainable_fourier",
+                       timestep_emb_params={"scale": 0.02}) if kind == "ct" else {}
+            nn_diffusion = IDQLMlp(obs_dim, act_dim, emb_dim=emb_dim, hidden_dim=hidden_dim, n_blocks=n_blocks,
+                                   dropout=dropout, **emb)
+    common = dict(nn_condition=IdentityCondition(dropout=0.0), ema_rate=ema_rate,
+                  optim_params={"lr": lr}, x_max=torch.ones(1, act_dim), x_min=-torch.ones(1, act_dim),
+                  device=device, **model_kw)
+    if kind == "ddpm":
+        return DiscreteDiffusionSDE(nn_diffusion, diffusion_steps=diffusion_steps, predict_noise=True,
+                                    **common)
+    if kind == "edm":
+        return ContinuousEDM(nn_diffusion, **common)
+    if kind == "ct":
+        return ContinuousConsistencyModel(nn_diffusion, **common)
+    actor = ContinuousConsistencyModel(nn_diffusion, **common)
+    return actor.prepare_distillation(teacher, distillation_N=distillation_N)
+
+
+def default_sampling(actor: DiffusionModel) -> tuple[str, int]:
+    """(solver, sample_steps) used by IDQLAgent when none are given."""
+    for cls, (solver, steps) in _DEFAULT_SAMPLING.items():
+        if isinstance(actor, cls):
+            return solver, steps if steps is not None else actor.diffusion_steps
+    return actor.default_solver, 5
+
+
+class IDQLAgent:
+    """IDQL: a behaviour-cloning diffusion actor, an IQL critic and action resampling.
+
+    Args:
+        actor: any DiffusionModel of actions (B, act_dim) conditioned on observations (B, obs_dim),
+            e.g. from make_idql_actor.
+        critic: an IQLCritic.
+        num_candidates: actions drawn per observation in act().
+        weight_temperature: inverse temperature of the softmax over advantages.
+        selection: "softmax" (sample a candidate with probability softmax(weight_temperature * A))
+            or "greedy" (the candidate with the largest A).
+        solver, sample_steps: the actor's sampler; None picks the actor family's default (DDPM: "ddpm"
+            with diffusion_steps steps, EDM: Euler 20, consistency: 2 steps).
+        temperature: scale of the actor's initial noise.
+    """
+
+    def __init__(self, actor: DiffusionModel, critic: IQLCritic, num_candidates: int = 256,
+                 weight_temperature: float = 100.0, selection: str = "softmax", sample_steps: int | None = None,
+                 solver: str | None = None, temperature: float = 1.0):
+        if selection not in ("softmax", "greedy"):
+            raise ValueError(f"selection={selection!r} is not one of ('softmax', 'greedy')")
+        if num_candidates < 1:
+            raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
+        default_solver, default_steps = default_sampling(actor)
+        self.actor, self.critic = actor, critic
+        self.num_candidates, self.weight_temperature, self.selection = num_candidates, weight_temperature, selection
+        self.solver = solver or default_solver
+        self.sample_steps = sample_steps if sample_steps is not None else default_steps
+        self.temperature = temperature
+
+    # ------------------------------------------------------------------ training (decoupled)
+    def update_actor(self, batch: Mapping) -> dict:
+        """Behaviour cloning: actor.update(act, obs) (distillation loss for a CD actor)."""
+        kw = {"loss_type": "distillation"} if getattr(self.actor, "teacher", None) is not None else {}
+        return self.actor.update(batch["act"], _state(batch["obs"]), **kw)
+
+    def update_critic(self, batch: Mapping) -> dict:
+        """One IQL step: {"q_loss", "v_loss"}."""
+        return self.critic.update(batch)
+
+    def update(self, batch: Mapping) -> dict:
+        """Both updates on the same batch: {"actor_loss", "q_loss", "v_loss"}."""
+        out = self.update_critic(batch)
+        out["actor_loss"] = self.update_actor(batch)["loss"]
+        return out
+
+    # ------------------------------------------------------------------ acting
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions (B, act_dim) for normalized observations obs (B, obs_dim).
+
+        1. Each observation is repeated `num_candidates` (N) times and the actor draws all B * N
+           candidate actions in ONE batched `actor.sample` call (EMA weights).
+        2. Each candidate is scored with its advantage A = Q(s, a) - V(s) (target twin-Q minimum).
+        3. Per observation one candidate is kept: "greedy" takes argmax_a A; "softmax" samples one with
+           probabilities softmax(weight_temperature * A) over its N candidates (torch.multinomial;
+           `generator` makes this draw reproducible).
+        """
+        obs = _state(obs)
+        if obs.dim() != 2:
+            raise ValueError(f"obs must be (B, obs_dim), got shape {tuple(obs.shape)}")
+        obs = obs.to(self.actor.device, torch.float32)
+        b, n = obs.shape[0], self.num_candidates
+        obs_rep = obs.repeat_interleave(n, dim=0)  # (B * N, obs_dim): rows b*N .. b*N+N-1 belong to obs b
+        act_dim = self.critic.act_dim
+        prior = torch.zeros(b * n, act_dim, device=self.actor.device)
+        cand, _ = self.actor.sample(prior, solver=self.solver, n_samples=b * n, sample_steps=self.sample_steps,
+                                    temperature=self.temperature, condition_cfg=obs_rep)
+        adv = (self.critic.q(obs_rep, cand) - self.critic.v(obs_rep)).view(b, n)
+        if self.selection == "greedy":
+            idx = adv.argmax(dim=1)
+        else:
+            probs = torch.softmax(self.weight_temperature * adv, dim=1)
+            idx = torch.multinomial(probs, 1, generator=generator).squeeze(1)
+        return cand.view(b, n, act_dim)[torch.arange(b, device=cand.device), idx]

@@ -1,0 +1,167 @@
+"""IQL value learning (Kostrikov et al. 2022), the critic half of IDQL (Hansen-Estruch et al. 2023).
+
+One update on a batch of transitions (s, a, r, s', done):
+
+    V:  L_V = E[ |expectile - 1(u < 0)| u^2 ],   u = Q_target(s, a) - V(s)     (expectile regression)
+    Q:  L_Q = E[ (Q1(s, a) - y)^2 + (Q2(s, a) - y)^2 ],   y = r + discount (1 - done) V(s')
+    target:  Q_target <- (1 - tau) Q_target + tau Q          (Polyak averaging, tau small)
+
+Q_target(s, a) is the minimum of the target network's twin heads. No policy is involved: V learns an
+upper expectile of Q over the *dataset's* actions, so no out-of-distribution action is ever queried.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+
+from ..serialization import (
+    flatten_state,
+    load_checkpoint,
+    save_checkpoint,
+    unflatten_state,
+)
+from ..utils.iql_networks import IDQLQNet, IDQLVNet
+
+__all__ = ["IQLCritic", "expectile_loss"]
+
+
+def _state(obs) -> torch.Tensor:
+    """Observations as a tensor: the dataset's {"state": tensor} item, or a tensor itself."""
+    return obs["state"] if isinstance(obs, Mapping) else obs
+
+
+def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
+    """mean(|expectile - 1(u < 0)| u^2): minimised over a constant c by the expectile of Q when
+    u = Q - c (expectile 0.5 gives the mean, expectile -> 1 the maximum)."""
+    weight = torch.abs(expectile - (u < 0).float())
+    return (weight * u.pow(2)).mean()
+
+
+class IQLCritic:
+    """Twin Q(s, a), its Polyak-averaged target copy and V(s), trained with IQL's losses.
+
+    Args:
+        obs_dim, act_dim, hidden_dim: sizes of IDQLQNet / IDQLVNet.
+        expectile: tau of the expectile regression of V (0.5 = mean of Q, 0.7 IDQL's default).
+        discount: gamma of the TD target.
+        tau: Polyak rate; each update moves the target a fraction `tau` toward the online Q.
+        lr: Adam learning rate of both Q and V.
+
+    Batches use the item structure of D4RLMuJoCoTDDataset: {"obs": {"state"}, "next_obs": {"state"},
+    "act", "rew", "tml"} (plain tensors for "obs"/"next_obs" are accepted too); rew, tml: (B, 1).
+    """
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, expectile: float = 0.7,
+                 discount: float = 0.99, tau: float = 0.005, lr: float = 3e-4,
+                 device: str | torch.device = "cpu"):
+        if not 0.0 < expectile < 1.0:
+            raise ValueError(f"expectile must be in (0, 1), got {expectile}")
+        if not 0.0 < tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {tau}")
+        self.obs_dim, self.act_dim, self.hidden_dim = obs_dim, act_dim, hidden_dim
+        self.expectile, self.discount, self.tau, self.lr = expectile, discount, tau, lr
+        self.device = torch.device(device)
+        self.q_net = IDQLQNet(obs_dim, act_dim, hidden_dim).to(self.device)
+        self.q_target = copy.deepcopy(self.q_net).requires_grad_(False).eval()
+        self.v_net = IDQLVNet(obs_dim, hidden_dim).to(self.device)
+        self.q_optim = torch.optim.Adam(self.q_net.parameters(), lr=lr)
+        self.v_optim = torch.optim.Adam(self.v_net.parameters(), lr=lr)
+        self.step = 0
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def q(self, obs, act: torch.Tensor, target: bool = True) -> torch.Tensor:
+        """min of the twin heads (B, 1); by default of the target network, which V is regressed on
+        and IDQL scores candidate actions with (`target=False`: the online network)."""
+        net = self.q_target if target else self.q_net
+        return net(_state(obs).to(self.device), act.to(self.device))
+
+    @torch.no_grad()
+    def v(self, obs) -> torch.Tensor:
+        """V(s): (B, 1)."""
+        return self.v_net(_state(obs).to(self.device))
+
+    # ------------------------------------------------------------------ training
+    def update(self, batch: Mapping) -> dict:
+        """One IQL step (V, then Q, then the Polyak target update). Returns {"q_loss", "v_loss"}."""
+        obs = _state(batch["obs"]).to(self.device)
+        next_obs = _state(batch["next_obs"]).to(self.device)
+        act, rew, tml = (batch[k].to(self.device) for k in ("act", "rew", "tml"))
+
+        # V(s) -> expectile of Q_target(s, a) over the dataset's actions
+        with torch.no_grad():
+            q_target = self.q_target(obs, act)
+        v_loss = expectile_loss(q_target - self.v_net(obs), self.expectile)
+        self.v_optim.zero_grad(set_to_none=True)
+        v_loss.backward()
+        self.v_optim.step()
+
+        # Q(s, a) -> r + gamma (1 - done) V(s')
+        with torch.no_grad():
+            y = rew + self.discount * (1.0 - tml) * self.v_net(next_obs)
+        q1, q2 = self.q_net.both(obs, act)
+        q_loss = ((q1 - y).pow(2) + (q2 - y).pow(2)).mean()
+        self.q_optim.zero_grad(set_to_none=True)
+        q_loss.backward()
+        self.q_optim.step()
+
+        self.update_target()
+        self.step += 1
+        return {"q_loss": q_loss.item(), "v_loss": v_loss.item()}
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """target <- (1 - tau) * target + tau * online  (lerp moves `tau` of the way to online)."""
+        torch._foreach_lerp_(list(self.q_target.parameters()), list(self.q_net.parameters()), self.tau)
+
+    # ------------------------------------------------------------------ persistence
+    def hparams(self) -> dict:
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden_dim": self.hidden_dim,
+                "expectile": self.expectile, "discount": self.discount, "tau": self.tau}
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Network weights (q_net., q_target., v_net.) and the step count; tensors only."""
+        out = {}
+        for name in ("q_net", "q_target", "v_net"):
+            out.update({f"{name}.{k}": v for k, v in getattr(self, name).state_dict().items()})
+        out["step"] = torch.tensor(self.step, dtype=torch.int64)
+        return out
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> IQLCritic:
+        known = ("q_net", "q_target", "v_net")
+        unexpected = [k for k in state if k != "step" and k.split(".", 1)[0] not in known]
+        if unexpected:
+            raise ValueError(f"unexpected keys in an IQLCritic state: {unexpected}")
+        for name in known:
+            prefix = name + "."
+            getattr(self, name).load_state_dict({k[len(prefix):]: v for k, v in state.items()
+                                                 if k.startswith(prefix)})
+        self.step = int(state["step"]) if "step" in state else self.step
+        return self
+
+    def save(self, path) -> None:
+        """Atomically write weights, optimizer states and hyperparameters (safetensors, no pickle)."""
+        tensors = self.state_dict()
+        meta = {"format": 1, "class": type(self).__name__, "hparams": self.hparams(),
+                "q_optim": flatten_state(self.q_optim.state_dict(), "q_optim", tensors),
+                "v_optim": flatten_state(self.v_optim.state_dict(), "v_optim", tensors)}
+        save_checkpoint(path, tensors, meta)
+
+    def load(self, path, load_optimizer: bool = True) -> IQLCritic:
+        """Load a checkpoint written by save(); the hyperparameters must match."""
+        tensors, meta = load_checkpoint(path)
+        if meta.get("class") != type(self).__name__:
+            raise ValueError(f"{path} holds a {meta.get('class')}, not an {type(self).__name__}")
+        saved = meta.get("hparams", {})
+        mismatched = {k: (v, saved.get(k)) for k, v in self.hparams().items() if saved.get(k) != v}
+        if mismatched:
+            detail = ", ".join(f"{k}: critic {a!r} vs checkpoint {b!r}" for k, (a, b) in mismatched.items())
+            raise ValueError(f"{path} was saved with different settings: {detail}")
+        self.load_state_dict({k: v.to(self.device) for k, v in tensors.items()
+                              if not k.startswith(("q_optim", "v_optim"))})
+        if load_optimizer:
+            self.q_optim.load_state_dict(unflatten_state(meta["q_optim"], tensors))
+            self.v_optim.load_state_dict(unflatten_state(meta["v_optim"], tensors))
+        return self
