@@ -95,6 +95,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         self.precision = precision
         self.autocast_dtype = self._autocast_dtype(precision)
         self.step = 0
+        self._noise_cache: dict = {}
         self._params = [p for p in self.model.parameters()]
         self._ema_params = [p for p in self.model_ema.parameters()]
 
@@ -250,10 +251,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         guided = cond_emb is not None and w_cfg != 1.0
         if guided:
             cond_emb = torch.cat([cond_emb, torch.zeros_like(cond_emb)])
-        reps = 2 if guided else 1
-        noise_vecs = [torch.full((batch * reps,), c, device=self.device) if np.ndim(c) == 0 else
-                      torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch * reps, len(c))
-                      for c in noises]
+        noise_vecs = self._noise_vectors(tuple(noises), batch * (2 if guided else 1))
 
         def denoise(x, i):
             a, s = alphas[i], sigmas[i]
@@ -268,6 +266,17 @@ class DiffusionModel(RecordsInit, nn.Module):
             return self.clip(x0) if clip_at is None or clip_at[i] else x0
 
         return denoise
+
+    def _noise_vectors(self, noises: tuple, batch: int) -> list[torch.Tensor]:
+        """Noise-coordinate tensors (batch,) or (batch, 2) per grid point; cached, as they are read-only."""
+        key = (noises, batch)
+        if key not in self._noise_cache:
+            if len(self._noise_cache) > 64:
+                self._noise_cache.clear()
+            self._noise_cache[key] = [
+                torch.full((batch,), c, device=self.device) if np.ndim(c) == 0 else
+                torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch, len(c)) for c in noises]
+        return self._noise_cache[key]
 
     def sample(self, prior: torch.Tensor, solver: str | None = None, n_samples: int | None = None,
                sample_steps: int = 5, sample_step_schedule: str = "uniform", use_ema: bool = True,
