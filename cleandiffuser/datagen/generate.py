@@ -230,6 +230,17 @@ def _train_hint(env: str, run_dir: Path) -> str:
             f"(resumable; hours on a CPU)")
 
 
+SHIPPED_POLICIES = Path(__file__).parent / "policies"
+
+
+def shipped_policy(env: str, kind: str) -> Path | None:
+    """The behaviour-policy snapshot shipped with the package for (env, kind), if any
+    (`policies/<env id>/selection.json` maps kinds to snapshot files)."""
+    sel = SHIPPED_POLICIES / ENVS[env] / "selection.json"
+    name = json.loads(sel.read_text()).get(kind) if sel.is_file() else None
+    return sel.parent / name if name else None
+
+
 def _selection(env: str, run_dir: Path) -> dict:
     from .sac import select_snapshots
 
@@ -268,6 +279,9 @@ def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, r
         return generate_dataset(out, env_id, "random", n, seed, name, command, progress, extra)
 
     if kind in ("medium", "expert"):
+        if policy is None and not (run_dir / "eval.csv").is_file() and shipped_policy(env, kind) is not None:
+            policy = shipped_policy(env, kind)
+            extra["behaviour_policy"] = f"shipped snapshot {policy.name}"
         if policy is None:
             sel = _selection(env, run_dir)
             policy = run_dir / sel[kind]["snapshot"]
