@@ -95,7 +95,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         self.precision = precision
         self.autocast_dtype = self._autocast_dtype(precision)
         self.step = 0
-        self._noise_cache: dict = {}
+        self._memo_store: dict = {}
         self._params = [p for p in self.model.parameters()]
         self._ema_params = [p for p in self.model_ema.parameters()]
 
@@ -267,16 +267,20 @@ class DiffusionModel(RecordsInit, nn.Module):
 
         return denoise
 
+    def memo(self, key, build):
+        """build() once per key and keep it: grids, noise-coordinate tensors and other read-only
+        values a sampler or loss would otherwise rebuild on every call (bounded)."""
+        if key not in self._memo_store:
+            if len(self._memo_store) > 256:
+                self._memo_store.clear()
+            self._memo_store[key] = build()
+        return self._memo_store[key]
+
     def _noise_vectors(self, noises: tuple, batch: int) -> list[torch.Tensor]:
-        """Noise-coordinate tensors (batch,) or (batch, 2) per grid point; cached, as they are read-only."""
-        key = (noises, batch)
-        if key not in self._noise_cache:
-            if len(self._noise_cache) > 64:
-                self._noise_cache.clear()
-            self._noise_cache[key] = [
-                torch.full((batch,), c, device=self.device) if np.ndim(c) == 0 else
-                torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch, len(c)) for c in noises]
-        return self._noise_cache[key]
+        """Noise-coordinate tensors (batch,) or (batch, 2) per grid point (read-only, so memoized)."""
+        return self.memo(("noise", noises, batch), lambda: [
+            torch.full((batch,), c, device=self.device) if np.ndim(c) == 0 else
+            torch.tensor(c, dtype=torch.float32, device=self.device).expand(batch, len(c)) for c in noises])
 
     def sample(self, prior: torch.Tensor, solver: str | None = None, n_samples: int | None = None,
                sample_steps: int = 5, sample_step_schedule: str = "uniform", use_ema: bool = True,

@@ -112,8 +112,6 @@ class ContinuousConsistencyModel(DiffusionModel):
         self.teacher: ContinuousEDM | None = None
         self.distillation_N: int | None = None
         self.teacher_solver = "heun"
-        self._pair_cache: dict = {}
-        self._level_cache: dict = {}
 
     # ------------------------------------------------------------------ the consistency function
     def consistency(self, net, x, sigma, cond_emb, noise=None):
@@ -141,13 +139,13 @@ class ContinuousConsistencyModel(DiffusionModel):
 
     def _pairs(self, n: int):
         """Ascending Karras sigmas (n levels) and the lognormal probability of each adjacent pair."""
-        if n not in self._pair_cache:
+        def build():
             sig = karras_sigmas(n, self.sigma_min, self.sigma_max, self.rho)[::-1].copy()
             cdf = np.array([math.erf((math.log(s) - self.P_mean) / (math.sqrt(2) * self.P_std)) for s in sig])
             p = np.clip(cdf[1:] - cdf[:-1], 1e-12, None)
-            self._pair_cache[n] = (torch.tensor(sig, dtype=torch.float32, device=self.device),
-                                   torch.tensor(p / p.sum(), dtype=torch.float32, device=self.device))
-        return self._pair_cache[n]
+            return (torch.tensor(sig, dtype=torch.float32, device=self.device),
+                    torch.tensor(p / p.sum(), dtype=torch.float32, device=self.device))
+        return self.memo(("pairs", n), build)
 
     def _huber_c(self, x0):
         return 0.00054 * math.sqrt(self.data_dim or x0[0].numel())
@@ -232,13 +230,12 @@ class ContinuousConsistencyModel(DiffusionModel):
                                preserve_history)
 
     def _levels(self, sample_steps: int):
-        """(alphas, sigmas, noise coordinates) and re-noise scales of the sampler, cached per step count."""
-        if sample_steps not in self._level_cache:
+        """(alphas, sigmas, noise coordinates) and re-noise scales of the sampler."""
+        def build():
             taus = karras_sigmas(sample_steps + 1, self.sigma_min, self.sigma_max, self.rho)[:sample_steps].tolist()
             renoise = [taus[0]] + [math.sqrt(t * t - self.sigma_min ** 2) for t in taus[1:]]
-            self._level_cache[sample_steps] = (([1.0] * sample_steps, taus, [0.25 * math.log(t) for t in taus]),
-                                               renoise)
-        return self._level_cache[sample_steps]
+            return ([1.0] * sample_steps, taus, [0.25 * math.log(t) for t in taus]), renoise
+        return self.memo(("levels", sample_steps), build)
 
     # ------------------------------------------------------------------ persistence
     def hparams(self):

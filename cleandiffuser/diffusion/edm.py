@@ -2,7 +2,6 @@
 D(x, s) = c_skip(s) x + c_out(s) F(c_in(s) x, c_noise(s)), ln sigma ~ N(P_mean, P_std^2) in training,
 Euler / Heun on the Karras grid. The network's noise coordinate is c_noise = ln(sigma) / 4.
 """
-import functools
 import math
 
 import numpy as np
@@ -59,9 +58,8 @@ class ContinuousEDM(DiffusionModel):
         return self.denoise(net, x, sigma, cond_emb, noise)
 
     def sample_grid(self, sample_steps, sample_step_schedule="karras"):
-        return self._grid(sample_steps)
+        return self.memo(("grid", sample_steps), lambda: self._grid(sample_steps))
 
-    @functools.lru_cache(maxsize=32)
     def _grid(self, sample_steps):
         sigmas = np.append(karras_sigmas(sample_steps, self.sigma_min, self.sigma_max, self.rho), 0.0).tolist()
         noises = [self.noise_coordinate(s) if s > 0 else 0.0 for s in sigmas]
