@@ -54,3 +54,11 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, n_projections: int = 25
     pa, _ = (a.float().cpu() @ proj).sort(dim=0)
     pb, _ = (b.float().cpu() @ proj).sort(dim=0)
     return (pa - pb).abs().mean().item()
+
+
+def sample_quality(samples: torch.Tensor, n_modes: int = 8, radius: float = 0.15) -> dict:
+    """Sliced Wasserstein distance to fresh ring samples (fixed seed), fraction of samples within
+    `radius` of a mode, and the number of modes covered."""
+    ref, _ = gaussian_ring(len(samples), n_modes, generator=torch.Generator().manual_seed(1))
+    near, modes = mode_coverage(samples, ring_centers(n_modes), radius)
+    return {"sw": sliced_wasserstein(samples, ref), "near": near, "modes": modes}

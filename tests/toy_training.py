@@ -2,7 +2,7 @@
 import torch
 
 from cleandiffuser.nn_diffusion import IDQLMlp
-from cleandiffuser.toy import gaussian_ring, mode_coverage, ring_centers, sliced_wasserstein
+from cleandiffuser.toy import gaussian_ring, sample_quality
 
 BOUNDS = dict(x_max=torch.ones(1, 2), x_min=-torch.ones(1, 2))
 FAST = dict(ema_rate=0.99, optim_params={"lr": 1e-3}, **BOUNDS)
@@ -19,8 +19,4 @@ def train(model, steps: int = 1500, batch: int = 256, n_modes: int = 8, **update
     return model
 
 
-def score(samples: torch.Tensor, n_modes: int = 8, radius: float = 0.15) -> dict:
-    """Sliced Wasserstein to fresh ground-truth samples, fraction near a mode, modes covered."""
-    ref, _ = gaussian_ring(len(samples), n_modes, generator=torch.Generator().manual_seed(1))
-    near, modes = mode_coverage(samples, ring_centers(n_modes), radius)
-    return {"sw": sliced_wasserstein(samples, ref), "near": near, "modes": modes}
+score = sample_quality

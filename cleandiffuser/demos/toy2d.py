@@ -12,7 +12,7 @@ import torch
 
 from ..diffusion import ContinuousConsistencyModel, ContinuousEDM
 from ..nn_diffusion import IDQLMlp
-from ..toy import gaussian_ring, mode_coverage, ring_centers, sliced_wasserstein
+from ..toy import gaussian_ring, sample_quality
 
 
 def _net(**kw):
@@ -34,10 +34,9 @@ def _evaluate(name, model, n, **kw):
     t0 = time.perf_counter()
     x, log = model.sample(torch.zeros(n, 2), **kw)
     ms = (time.perf_counter() - t0) * 1000
-    ref, _ = gaussian_ring(n, generator=torch.Generator().manual_seed(1))
-    near, modes = mode_coverage(x, ring_centers(), 0.15)
-    return x, {"model": name, "nfe": log["nfe"], "sliced_wasserstein": round(sliced_wasserstein(x, ref), 4),
-               "near_mode": round(near, 3), "modes_covered": modes, "ms_per_call": round(ms, 2)}
+    q = sample_quality(x)
+    return x, {"model": name, "nfe": log["nfe"], "sliced_wasserstein": round(q["sw"], 4),
+               "near_mode": round(q["near"], 3), "modes_covered": q["modes"], "ms_per_call": round(ms, 2)}
 
 
 def run(out: str = "runs/demo", steps: int = 2000, seed: int = 0, n: int = 2000) -> list[dict]:
