@@ -3,7 +3,8 @@
     python benchmarks/bench_algorithms.py --seconds 5 --threads 2
 
 Training: agent.update on a random batch of the config's batch size (17-d observations, 6-d actions),
-timed after warm-up, for precision fp32 and auto (bf16 autocast where the CPU is fast at it).
+timed after warm-up, for precision fp32 and auto (bf16 autocast where the CPU is fast at it), and auto with
+the generative model's training passes compiled (`compile: true` in the configs, the default).
 Acting: agent.act on ONE observation (median ms), per sample-step setting; IDQL draws its 256
 candidates in one batch, DQL its 50. Pause other jobs while measuring (timings on shared cores are
 meaningless).
@@ -17,7 +18,7 @@ import time
 import torch
 
 from cleandiffuser.runner.config import load_config
-from cleandiffuser.runner.offline import build_agent
+from cleandiffuser.runner.offline import build_agent, compile_agent
 
 OBS, ACT = 17, 6
 AGENTS = [  # (label, config, overrides, sample-step settings for the latency table)
@@ -66,17 +67,21 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {args.threads} threads\n")
-    print(f"{'agent':<22}{'batch':>6}{'fp32 upd/s':>12}{'auto upd/s':>12}")
+    print(f"{'agent':<22}{'batch':>6}{'fp32 upd/s':>12}{'auto upd/s':>12}{'+compile':>10}")
     latency_rows = []
     for label, config, overrides, settings in AGENTS:
         rates = {}
-        for precision in ("fp32", "auto"):
+        for precision, compiled in (("fp32", False), ("auto", False), ("auto", True)):
             cfg = load_config(config, [*overrides, f"precision={precision}"])
             agent = build_agent(cfg, OBS, ACT, torch.device("cpu"))
+            if compiled:
+                compile_agent(agent)
             if config == "idql" and "agent.actor=cd" in overrides:
                 agent.update(batch_of(cfg.batch_size))  # step 1 starts the distillation
-            rates[precision] = updates_per_second(agent, batch_of(cfg.batch_size), args.seconds)
-        print(f"{label:<22}{cfg.batch_size:>6}{rates['fp32']:>12.1f}{rates['auto']:>12.1f}", flush=True)
+            rates[precision + "+compile" * compiled] = updates_per_second(agent, batch_of(cfg.batch_size),
+                                                                         args.seconds)
+        print(f"{label:<22}{cfg.batch_size:>6}{rates['fp32']:>12.1f}{rates['auto']:>12.1f}"
+              f"{rates['auto+compile']:>10.1f}", flush=True)
         agent.eval()
         for k in settings:
             if k is not None:

@@ -3,7 +3,7 @@ batch 256), next to the machine's floor (network FLOPs / measured matmul peak).
 
     python benchmarks/bench_core.py [--threads 2] [--seconds 3]
 
-Prints two tables. "floor" is the update rate the matmuls alone would allow at the measured peak
+Prints two tables. "+compile" is bf16 with DiffusionModel.compile_network(). "floor" is the update rate the matmuls alone would allow at the measured peak
 (network passes per update x forward FLOPs / peak). Times are the best of 5 chunks.
 """
 import argparse
@@ -81,15 +81,18 @@ def main():
           f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; IDQLMlp forward at batch {BATCH}: {flops / 1e9:.3f} GFLOP\n")
 
     obs, act = torch.randn(BATCH, OBS), torch.rand(BATCH, ACT) * 2 - 1
-    print(f"{'model':<11} {'fp32 upd/s':>10} {'floor':>7} {'bf16 upd/s':>10} {'floor':>7}")
+    print(f"{'model':<11} {'fp32 upd/s':>10} {'floor':>7} {'bf16 upd/s':>10} {'+compile':>9} {'floor':>7}")
     for kind in PASSES:
         row = f"{kind:<11}"
-        for precision in ("fp32", "bf16"):
+        for precision, compiled in (("fp32", False), ("bf16", False), ("bf16", True)):
             model, kw = make(kind, precision)
+            if compiled:
+                model.compile_network()
             model.train()
             sec = timeit(lambda: model.update(act, obs, **kw), args.seconds)
-            floor = peak[precision] / (PASSES[kind] * flops)
-            row += f" {1 / sec:>10.1f} {floor:>7.0f}"
+            row += f" {1 / sec:>{9 if compiled else 10}.1f}"
+            if precision == "fp32" or compiled:
+                row += f" {peak[precision] / (PASSES[kind] * flops):>7.0f}"
         print(row, flush=True)
 
     print(f"\n{'model':<11} {'NFE':>4} {'ms @ batch 1':>13} {'x raw fwd':>10} {'ms @ batch 256':>15}")

@@ -18,7 +18,7 @@ pytest.importorskip("mujoco")
 # a tiny IDQL-CT agent: fast enough for a few hundred CPU steps in a test
 TINY = ["agent.actor_params.hidden_dim=32", "agent.actor_params.n_blocks=1", "agent.actor_params.emb_dim=16",
         "agent.critic.hidden_dim=32", "agent.num_candidates=4", "batch_size=32", "env=HalfCheetah-v5",
-        "eval.episodes=1", "eval.n_envs=1", "precision=fp32"]
+        "eval.episodes=1", "eval.n_envs=1", "precision=fp32", "compile=false"]
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +69,9 @@ def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_pa
     assert "--resume" in capsys.readouterr().err
 
 
-def test_resume_continues_the_exact_loss_sequence(tiny_dataset, tmp_path):
-    overrides = ["steps=40", "log_every=1", "checkpoint_every=15", "eval.episodes=0", *TINY]
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_resume_continues_the_exact_loss_sequence(tiny_dataset, tmp_path, compiled):
+    overrides = ["steps=40", "log_every=1", "checkpoint_every=15", "eval.episodes=0", *TINY, f"compile={compiled}"]
     cfg = load_config("idql", [f"dataset={tiny_dataset}", *overrides])
     train(cfg, run_dir=tmp_path / "straight", progress=False, log=lambda *_: None)
     train(cfg, run_dir=tmp_path / "split", progress=False, log=lambda *_: None, stop_at=23)

@@ -7,7 +7,7 @@ consistency models) adds its loss and its sampler.
 """
 import copy
 import functools
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -94,6 +94,7 @@ class DiffusionModel(RecordsInit, nn.Module):
             **{"lr": 2e-4, "weight_decay": 1e-5, "fused": True, **(optim_params or {})})
         self.set_precision(precision)
         self.step = 0
+        self.compiled = False
         self._memo_store: dict = {}
         self._params = [p for p in self.model.parameters()]
         self._ema_params = [p for p in self.model_ema.parameters()]
@@ -137,6 +138,22 @@ class DiffusionModel(RecordsInit, nn.Module):
         if self.autocast_dtype is None:
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def compile_network(self) -> "DiffusionModel":
+        """Compile the denoiser's training passes with TorchInductor (fused elementwise kernels; on a
+        2-core CPU about 1.2x more updates/s). The first update compiles (tens of seconds); sampling
+        stays eager, where a compiled call's fixed overhead would cost more than it saves."""
+        if not self.compiled:
+            self.model["diffusion"].compile(dynamic=False)
+            self.compiled = True
+        return self
+
+    @contextmanager
+    def sampling_context(self, requires_grad: bool):
+        """Grad mode for a sampler; a compiled network runs eagerly unless the samples are trained through."""
+        eager = self.compiled and not requires_grad
+        with torch.set_grad_enabled(requires_grad), (torch.compiler.set_stance("force_eager") if eager else nullcontext()):
+            yield
 
     def train(self, mode: bool = True):
         self.training = mode
@@ -300,7 +317,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         log = {"sample_history": (n, steps + 1, *x_shape) or None, "nfe": network evaluations}."""
         if mask_cfg is not None:
             raise ValueError("mask_cfg is not supported; drop condition entries with the condition encoder")
-        with torch.set_grad_enabled(requires_grad):
+        with self.sampling_context(requires_grad):
             solver, prior, net, cond_emb, condition_cg = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, condition_cg, w_cg, use_ema,
                 self.max_sample_steps())

@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 import torch
-from torch import nn
 
 from ..nn_condition.base import BaseNNCondition
 from ..nn_condition.mlp import build_mlp
 from ..nn_condition.multi_image import MultiImageObsCondition
+from ..utils.activations import Mish
 
 __all__ = ["OBS_TYPES", "ObsEncoder", "parse_shape_meta"]
 
@@ -116,7 +116,7 @@ class ObsEncoder(BaseNNCondition):
             self.mlp = None
             self.out_dim = raw
         else:
-            self.mlp = build_mlp(raw, int(feature_dim), [int(h) for h in mlp], nn.Mish())
+            self.mlp = build_mlp(raw, int(feature_dim), [int(h) for h in mlp], Mish())
             self.out_dim = int(feature_dim)
 
     def encode(self, condition: Mapping[str, torch.Tensor]) -> torch.Tensor:

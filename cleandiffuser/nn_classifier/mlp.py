@@ -6,6 +6,7 @@ import torch.nn as nn
 
 from cleandiffuser.nn_condition.mlp import build_mlp
 
+from ..utils.activations import Mish
 from .base import BaseNNClassifier
 
 
@@ -25,7 +26,7 @@ class MLPNNClassifier(BaseNNClassifier):
         self.x_dim = x_dim if isinstance(x_dim, int) else math.prod(x_dim)
         self.out_dim, self.cond_dim = out_dim, int(cond_dim or 0)
         self.mlp = build_mlp(self.x_dim + emb_dim + self.cond_dim, out_dim, hidden_dims,
-                             activation if activation is not None else nn.Mish())
+                             activation if activation is not None else Mish())
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor, condition: torch.Tensor | None = None):
         b = x.shape[0]

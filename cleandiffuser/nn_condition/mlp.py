@@ -4,6 +4,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
 from .base import BaseNNCondition
 
 
@@ -15,7 +16,7 @@ def build_mlp(in_dim: int, out_dim: int, hidden_dims: int | Sequence[int] = (256
     """
     if isinstance(hidden_dims, int):
         hidden_dims = (hidden_dims,)
-    act = nn.Mish() if act is None else act
+    act = Mish() if act is None else act
     dims = [in_dim, *hidden_dims]
     layers: list[nn.Module] = []
     for d_in, d_out in zip(dims[:-1], dims[1:]):
@@ -34,7 +35,7 @@ class MLPCondition(BaseNNCondition):
                  act: nn.Module | None = None, dropout: float = 0.25):
         super().__init__(dropout)
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.mlp = build_mlp(in_dim, out_dim, hidden_dims, act if act is not None else nn.Mish())
+        self.mlp = build_mlp(in_dim, out_dim, hidden_dims, act if act is not None else Mish())
 
     def encode(self, condition: torch.Tensor) -> torch.Tensor:
         return self.mlp(condition)

@@ -1,6 +1,7 @@
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
 from .base import BaseNNDiffusion
 
 
@@ -27,7 +28,7 @@ class ChiTransformer(BaseNNDiffusion):
         self.act_pos = nn.Parameter(torch.randn(1, Ta, d_model) * 0.02)
         self.mem_pos = nn.Parameter(torch.randn(1, 1 + To, d_model) * 0.02)
         self.drop = nn.Dropout(p_drop_emb)
-        self.mem_encoder = nn.Sequential(nn.Linear(d_model, 4 * d_model), nn.Mish(),
+        self.mem_encoder = nn.Sequential(nn.Linear(d_model, 4 * d_model), Mish(),
                                          nn.Linear(4 * d_model, d_model))
         layer = nn.TransformerDecoderLayer(d_model, nhead, 4 * d_model, p_drop_attn,
                                            activation="gelu", batch_first=True, norm_first=True)

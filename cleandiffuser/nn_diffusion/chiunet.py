@@ -1,6 +1,7 @@
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
 from .base import BaseNNDiffusion
 from .jannerunet import Conv1dBlock, build_unet_stages, check_horizon, unet_pass, unet_widths
 
@@ -16,7 +17,7 @@ class FiLMResidualBlock(nn.Module):
         self.predict_scale = predict_scale
         self.conv1 = Conv1dBlock(in_ch, out_ch, kernel_size, n_groups)
         self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups)
-        self.film = nn.Sequential(nn.Mish(), nn.Linear(cond_dim, out_ch * (2 if predict_scale else 1)))
+        self.film = nn.Sequential(Mish(), nn.Linear(cond_dim, out_ch * (2 if predict_scale else 1)))
         self.drop = nn.Dropout(dropout)
         self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 

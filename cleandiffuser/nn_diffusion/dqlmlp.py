@@ -1,6 +1,7 @@
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
 from .base import BaseNNDiffusion
 
 
@@ -17,13 +18,13 @@ class DQLMlp(BaseNNDiffusion):
                  timestep_emb_type: str = "positional", timestep_emb_params: dict | None = None):
         super().__init__(emb_dim, timestep_emb_type, timestep_emb_params)
         self.obs_dim = obs_dim
-        self.time_mlp = (nn.Sequential(nn.Linear(emb_dim, emb_dim * 2), nn.Mish(),
+        self.time_mlp = (nn.Sequential(nn.Linear(emb_dim, emb_dim * 2), Mish(),
                                        nn.Linear(emb_dim * 2, emb_dim))
                          if timestep_emb_type.startswith("untrainable") else nn.Identity())
         self.mid = nn.Sequential(
-            nn.Linear(act_dim + emb_dim + obs_dim, hidden_dim), nn.Mish(),
-            nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-            nn.Linear(hidden_dim, hidden_dim), nn.Mish())
+            nn.Linear(act_dim + emb_dim + obs_dim, hidden_dim), Mish(),
+            nn.Linear(hidden_dim, hidden_dim), Mish(),
+            nn.Linear(hidden_dim, hidden_dim), Mish())
         self.out = nn.Linear(hidden_dim, act_dim)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor,

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
+
 
 class PositionalEmbedding(nn.Module):
     """Sinusoidal embedding [cos(w x), sin(w x)] with w = max_positions^(-k/half)."""
@@ -46,7 +48,7 @@ class FourierEmbedding(nn.Module):
 
 
 def _mlp(dim: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(dim, dim * 4), nn.Mish(), nn.Linear(dim * 4, dim))
+    return nn.Sequential(nn.Linear(dim, dim * 4), Mish(), nn.Linear(dim * 4, dim))
 
 
 EMBEDDING_TYPES = ("positional", "fourier", "untrainable_positional", "untrainable_fourier")

@@ -2,6 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..utils.activations import mish
 from .base import BaseNNDiffusion
 
 
@@ -17,7 +18,7 @@ class _LNResBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         y = F.dropout(h, self.dropout, True) if self.training and self.dropout > 0 else h
-        return h + self.fc2(F.mish(self.fc1(self.norm(y))))
+        return h + self.fc2(mish(self.fc1(self.norm(y))))
 
 
 class IDQLMlp(BaseNNDiffusion):
@@ -48,4 +49,4 @@ class IDQLMlp(BaseNNDiffusion):
             h = self.inp(torch.cat([x, t, condition], -1))
         for block in self.blocks:
             h = block(h)
-        return self.out(F.mish(h))
+        return self.out(mish(h))

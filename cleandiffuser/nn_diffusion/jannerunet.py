@@ -4,6 +4,7 @@ import operator
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
 from .base import BaseNNDiffusion
 
 
@@ -12,7 +13,7 @@ class Conv1dBlock(nn.Sequential):
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int = 8):
         super().__init__(nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
-                         nn.GroupNorm(n_groups, out_ch), nn.Mish())
+                         nn.GroupNorm(n_groups, out_ch), Mish())
 
 
 def downsample1d(ch: int) -> nn.Module:
@@ -47,7 +48,7 @@ class ResidualTemporalBlock(nn.Module):
         super().__init__()
         self.conv1 = Conv1dBlock(in_ch, out_ch, kernel_size)
         self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size)
-        self.emb = nn.Sequential(nn.Mish(), nn.Linear(emb_dim, out_ch))
+        self.emb = nn.Sequential(Mish(), nn.Linear(emb_dim, out_ch))
         self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:

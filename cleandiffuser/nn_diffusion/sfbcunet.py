@@ -1,7 +1,7 @@
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
+from ..utils.activations import mish
 from .base import BaseNNDiffusion
 
 
@@ -14,7 +14,7 @@ class _Dense(nn.Module):
         self.emb = nn.Linear(emb_dim, out_dim)
 
     def forward(self, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        return F.mish(self.fc(h) + self.emb(emb))
+        return mish(self.fc(h) + self.emb(emb))
 
 
 class SfBCUNet(BaseNNDiffusion):

@@ -74,6 +74,13 @@ def set_agent_precision(agent: Agent, precision: str) -> None:
             part.set_precision(precision)
 
 
+def compile_agent(agent: Agent) -> None:
+    """Compile the training passes of the agent's generative models (DiffusionModel.compile_network)."""
+    for part in agent.parts().values():
+        if isinstance(part, DiffusionModel):
+            part.compile_network()
+
+
 # ---------------------------------------------------------------------------- data
 def ensure_generated_dataset(source, say=print) -> None:
     """Make a dataset this library generates (e.g. halfcheetah-medium-cd-v0) if its file is missing, so
@@ -284,6 +291,8 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
         raise ConfigError(f"cannot tell which environment evaluates dataset {cfg.dataset!r}; set env=<gymnasium id> "
                           "or eval.episodes=0")
     agent = build_agent(cfg, dataset.o_dim, dataset.a_dim, device)
+    if cfg.get("compile", False):
+        compile_agent(agent)
     sampler = TensorBatchSampler(dataset.tensors(), int(cfg.batch_size), device=device,
                                  generator=int(cfg.seed) * 1000 + ctx.rank)
     normalizer = dataset.get_normalizer()

@@ -2,12 +2,14 @@
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
+
 
 def _mlp(in_dim: int, hidden_dim: int) -> nn.Sequential:
     """Three Linear-Mish hidden layers, then Linear -> 1."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.Mish(),
-                         nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
-                         nn.Linear(hidden_dim, hidden_dim), nn.Mish(),
+    return nn.Sequential(nn.Linear(in_dim, hidden_dim), Mish(),
+                         nn.Linear(hidden_dim, hidden_dim), Mish(),
+                         nn.Linear(hidden_dim, hidden_dim), Mish(),
                          nn.Linear(hidden_dim, 1))
 
 

@@ -2,6 +2,8 @@
 import torch
 import torch.nn as nn
 
+from ..utils.activations import Mish
+
 
 def _mlp(in_dim: int, hidden_dim: int, layer_norm: bool) -> nn.Sequential:
     """Linear-[LayerNorm]-Mish x 2 hidden layers, then Linear -> 1."""
@@ -10,7 +12,7 @@ def _mlp(in_dim: int, hidden_dim: int, layer_norm: bool) -> nn.Sequential:
         layers.append(nn.Linear(d, hidden_dim))
         if layer_norm:
             layers.append(nn.LayerNorm(hidden_dim))
-        layers.append(nn.Mish())
+        layers.append(Mish())
     layers.append(nn.Linear(hidden_dim, 1))
     return nn.Sequential(*layers)
 

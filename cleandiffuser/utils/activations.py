@@ -1,0 +1,85 @@
+"""Mish as single fused CPU kernels.
+
+Eager Mish is x * tanh(softplus(x)): on this project's CPUs its forward and backward cost more than
+the matmuls around them (1.4 ms for a 256 x 1024 activation, against 0.37 ms for the Linear that
+feeds it). Here the forward and the hand-derived backward are each one loop compiled by TorchInductor,
+using tanh(softplus(x)) = (1 - q) / (1 + q) with q = (1 - sigmoid(x))^2.
+
+The fused path is taken for large CPU tensors only (small ones are dominated by the compiled call's
+fixed overhead, and CUDA's eager kernels are already fused); anywhere else, or if compilation is not
+possible (no C++ compiler; set CLEANDIFFUSER_FUSED=0 to switch it off), the eager op runs.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+FUSED_MIN_NUMEL = 16384
+
+
+def _mish_forward(x: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    q = (1 - torch.sigmoid(xf)) ** 2
+    return (xf * (1 - q) / (1 + q)).to(x.dtype)
+
+
+def _mish_backward(x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    xf = x.float()
+    s = torch.sigmoid(xf)
+    q = (1 - s) ** 2
+    t = (1 - q) / (1 + q)  # tanh(softplus(x)); d/dx = t + x (1 - t^2) sigmoid(x)
+    return (grad.float() * (t + xf * (1 - t * t) * s)).to(grad.dtype)
+
+
+@functools.cache
+def _kernels():
+    """Compiled (mish_fwd, mish_bwd), or None where the fused path is unavailable."""
+    if os.environ.get("CLEANDIFFUSER_FUSED", "1") == "0":
+        return None
+    try:
+        kernels = tuple(torch.compile(f, dynamic=True) for f in (_mish_forward, _mish_backward))
+        x = torch.linspace(-3, 3, 64)
+        if not torch.allclose(kernels[0](x), F.mish(x), atol=1e-5):  # also triggers compilation
+            raise RuntimeError("fused Mish disagrees with torch's")
+        return kernels
+    except Exception as e:  # no C++ compiler, unsupported platform, ...
+        warnings.warn(f"fused CPU kernels unavailable, using eager Mish ({type(e).__name__}: {e})")
+        return None
+
+
+def _use_fused(x: torch.Tensor) -> bool:
+    return (x.device.type == "cpu" and x.numel() >= FUSED_MIN_NUMEL and x.dtype in (torch.float32, torch.bfloat16)
+            and not torch.compiler.is_compiling() and _kernels() is not None)
+
+
+class _FusedMish(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return _kernels()[0](x)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return _kernels()[1](x, grad.contiguous())
+
+
+def mish(x: torch.Tensor) -> torch.Tensor:
+    """x * tanh(softplus(x)); equal to F.mish to float rounding."""
+    if torch.compiler.is_compiling():  # inside a compiled graph: let Inductor fuse the cheap formula
+        return _mish_forward(x)
+    return _FusedMish.apply(x) if _use_fused(x) else F.mish(x)
+
+
+class Mish(nn.Mish):
+    """nn.Mish with the fused CPU kernel."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return mish(x)
