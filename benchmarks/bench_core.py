@@ -38,6 +38,16 @@ def timeit(fn, seconds, chunks=5):
     return best
 
 
+def timeit_pair(fn_a, fn_b, seconds, chunks=5):
+    """Best-of timings of two functions measured in alternating chunks, so that a slow phase of a shared
+    machine does not fall on one of them only."""
+    best_a, best_b = float("inf"), float("inf")
+    for _ in range(chunks):
+        best_a = min(best_a, timeit(fn_a, seconds / chunks, chunks=1))
+        best_b = min(best_b, timeit(fn_b, seconds / chunks, chunks=1))
+    return best_a, best_b
+
+
 def forward_flops(net: nn.Module, batch: int) -> float:
     return sum(2 * m.in_features * m.out_features for m in net.modules() if isinstance(m, nn.Linear)) * batch
 
@@ -101,11 +111,13 @@ def main():
         model.eval()
         net, x1, o1 = model.model_ema["diffusion"], torch.zeros(1, ACT), obs[:1]
         noise = torch.ones(1, 2) if kind == "CTM" else torch.ones(1)
-        with torch.no_grad():  # one raw forward of the same network: the floor for one-step sampling
-            raw = timeit(lambda: net(x1, noise, o1), args.seconds)
+        def raw_forward():  # one raw forward of the same network: the floor for one-step sampling
+            with torch.no_grad():
+                net(x1, noise, o1)
+
         for nfe in nfes:
             kw = dict(sample_steps=nfe)
-            one = timeit(lambda: model.sample(x1, condition_cfg=o1, **kw), args.seconds)
+            raw, one = timeit_pair(raw_forward, lambda: model.sample(x1, condition_cfg=o1, **kw), args.seconds)
             full = timeit(lambda: model.sample(torch.zeros(BATCH, ACT), condition_cfg=obs, **kw), args.seconds)
             print(f"{kind:<11} {nfe:>4} {one * 1000:>13.3f} {one / raw:>10.2f} {full * 1000:>15.2f}", flush=True)
 

@@ -221,7 +221,7 @@ class ContinuousConsistencyModel(DiffusionModel):
             raise ValueError("mask_cfg is not supported")
         if w_cg != 0.0:
             raise ValueError("consistency models do not support classifier guidance (w_cg must be 0)")
-        with self.sampling_context(requires_grad):
+        with self.sampling_context(requires_grad, prior, n_samples):
             solver, prior, net, cond_emb, _ = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None,
                 guidance=False)

@@ -182,7 +182,7 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             raise ValueError("consistency trajectory models do not support classifier guidance (w_cg must be 0)")
         if chaining_times is not None:
             sample_steps = len(chaining_times)
-        with self.sampling_context(requires_grad):
+        with self.sampling_context(requires_grad, prior, n_samples):
             solver, prior, net, cond_emb, _ = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins,
                 guidance=False)

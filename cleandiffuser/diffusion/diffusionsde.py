@@ -42,7 +42,7 @@ class _VPDiffusion(DiffusionModel):
         return self.weighted((out - target) ** 2).mean(), {}
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
-        out = net["diffusion"](x, noise, cond_emb)
+        out = net["diffusion"](x, noise, cond_emb).float()
         return (x - sigma * out) / alpha if self.predict_noise else out
 
     def hparams(self):
