@@ -63,8 +63,8 @@ class IQLCritic:
         self.q_net = IDQLQNet(obs_dim, act_dim, hidden_dim).to(self.device)
         self.q_target = copy.deepcopy(self.q_net).requires_grad_(False).eval()
         self.v_net = IDQLVNet(obs_dim, hidden_dim).to(self.device)
-        self.q_optim = torch.optim.Adam(self.q_net.parameters(), lr=lr)
-        self.v_optim = torch.optim.Adam(self.v_net.parameters(), lr=lr)
+        self.q_optim = torch.optim.Adam(self.q_net.parameters(), lr=lr, fused=True)  # one kernel per step
+        self.v_optim = torch.optim.Adam(self.v_net.parameters(), lr=lr, fused=True)
         self.step = 0
 
     # ------------------------------------------------------------------ evaluation
