@@ -24,7 +24,7 @@ normalizer per key and saves as a flat dict of tensors (safetensors-friendly).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -438,6 +438,10 @@ class ChunkedDataset(torch.utils.data.Dataset):
             :func:`delta_to_actions` given the last executed absolute action.
         delta_dims: the action dims made relative in "delta" mode (default all), e.g.
             ``range(6)`` to keep a 7th gripper dim absolute.
+        action_transform: optional ``f(actions (N, A)) -> (N, A')`` applied to the stored actions
+            before "delta" mode and the normalizer (e.g. :class:`cleandiffuser.imitation.actions.
+            ActionTransform`: axis-angle -> rotation-6d); batches, the normalizer and
+            :attr:`action_dim` then hold the transformed actions (undo it after unnormalizing).
         image_keys: obs keys holding images (T, H, W, C); default: obs arrays with 4 dims and
             1, 3 or 4 channels last. Images are stored as uint8 (float images are read as
             [0, 255] when any value exceeds 1, else [0, 1]) and returned channels-first
@@ -464,6 +468,7 @@ class ChunkedDataset(torch.utils.data.Dataset):
         action_key: str | None = None,
         action_mode: str = "abs",
         delta_dims: Sequence[int] | None = None,
+        action_transform: Callable[[np.ndarray], np.ndarray] | None = None,
         image_keys: Sequence[str] | None = None,
         episode_mask: Sequence[bool] | None = None,
     ):
@@ -514,6 +519,12 @@ class ChunkedDataset(torch.utils.data.Dataset):
             flat = {k: np.concatenate(v, axis=0) for k, v in obs.items()}
         except ValueError as e:
             raise ValueError(f"episodes have inconsistent per-step shapes: {e}") from None
+        if action_transform is not None:
+            n = len(action)
+            action = np.asarray(action_transform(action), dtype=np.float32)
+            if action.ndim != 2 or len(action) != n:
+                raise ValueError(f"action_transform must map (N, A) actions to (N, A'), got shape {action.shape} "
+                                 f"for {n} actions")
         if action_mode == "delta":
             action = actions_to_delta(action, self.episode_ends, self.delta_dims).astype(np.float32)
 

@@ -130,6 +130,16 @@ def check_imitation_config(cfg: DictConfig, source: str = "config") -> None:
     if env is not None and env not in ENVS:
         raise ConfigError(f"task.env={env!r} is not one of {ENVS} (or null: robosuite when the dataset records "
                           "env_args)")
+    from .actions import ActionTransform  # lazily: see ChunkPolicy.__init__
+
+    abs_action = cfg.task.get("abs_action", False)
+    if not isinstance(abs_action, bool):
+        raise ConfigError(f"task.abs_action must be true or false, got {abs_action!r} (true: the actions are absolute "
+                          "OSC_POSE targets and the rollout env uses the absolute controller)")
+    try:  # a known task.rotation_rep that fits the action width
+        ActionTransform(cfg.task.get("rotation_rep", "axis_angle"), meta["action"]["shape"][0])
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
     ratio = cfg.task.get("val_ratio", 0.0)
     if not isinstance(ratio, (int, float)) or not 0.0 <= ratio < 1.0:
         raise ConfigError(f"task.val_ratio must be in [0, 1), got {ratio!r}")

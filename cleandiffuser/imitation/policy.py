@@ -26,7 +26,10 @@ Kinds (``policy.kind``):
 
 All actions are generated in the normalized space ([-1, 1] per dim with the "limits"
 normalizer) and clipped there; :meth:`ChunkPolicy.predict_action` normalizes raw observations
-and unnormalizes the actions with the attached :class:`LinearNormalizer`.
+and unnormalizes the actions with the attached :class:`LinearNormalizer`. With
+``rotation_rep="rotation_6d"`` (``task.rotation_rep``) the model works on ``[pos, rot6d, gripper]``
+(10 dims per arm) and ``predict_action`` converts them back to the environment's
+``[pos, axis-angle, gripper]`` (``shape_meta.action.shape``); see :mod:`.actions`.
 """
 from __future__ import annotations
 
@@ -240,15 +243,19 @@ class ChunkPolicy(nn.Module):
             is refused.
         teacher, edm: (ctm, training) ChunkPolicy objects to use instead of loading
             ``policy.teacher_path`` / ``policy.edm``.
+        rotation_rep: ``task.rotation_rep``: "axis_angle" (the model learns the actions as they are) or
+            "rotation_6d" (it learns [pos, rot6d, gripper]; :class:`~.actions.ActionTransform`).
 
     Attributes: ``model`` (the DiffusionModel; ``model.model["condition"]`` is the encoder),
-    ``normalizer`` (LinearNormalizer or None), ``teacher`` (ctm in training), ``obs_keys``.
+    ``normalizer`` (LinearNormalizer or None, over the model's actions), ``teacher`` (ctm in training),
+    ``obs_keys``, ``action_dim`` (the model's action width) and ``env_action_dim`` (shape_meta's, what
+    :meth:`predict_action` returns).
     """
 
     def __init__(self, shape_meta, horizon: int = 16, n_obs_steps: int = 2, n_action_steps: int = 8,
                  policy: Mapping | None = None, optimizer: Mapping | None = None, device="cpu",
                  precision: str = "fp32", inference_mode: bool = False, teacher: ChunkPolicy | None = None,
-                 edm: ChunkPolicy | None = None):
+                 edm: ChunkPolicy | None = None, rotation_rep: str = "axis_angle"):
         super().__init__()
         self.shape_meta = parse_shape_meta(shape_meta)
         self.horizon, self.n_obs_steps, self.n_action_steps = int(horizon), int(n_obs_steps), int(n_action_steps)
@@ -270,7 +277,14 @@ class ChunkPolicy(nn.Module):
         self.inference_mode = bool(inference_mode)
         self.obs_keys = list(self.shape_meta["obs"])
         self.rgb_keys = [k for k in self.obs_keys if self.shape_meta["obs"][k]["type"] == "rgb"]
-        self.action_dim = int(self.shape_meta["action"]["shape"][0])
+        # imported here (also in config.py, train.py): the package must not load .actions, so that
+        # `python -m cleandiffuser.imitation.actions` runs without runpy's double-import warning
+        from .actions import ActionTransform
+
+        self.env_action_dim = int(self.shape_meta["action"]["shape"][0])
+        self.rotation_rep = rotation_rep
+        self.action_transform = ActionTransform(rotation_rep, self.env_action_dim)
+        self.action_dim = self.action_transform.model_dim  # what the network generates
         self.model = self._build_model()
         self.normalizer: LinearNormalizer | None = None
         self.chaining = False
@@ -289,19 +303,23 @@ class ChunkPolicy(nn.Module):
     @classmethod
     def from_config(cls, cfg, device="cpu", inference_mode: bool | None = None, **kwargs) -> ChunkPolicy:
         """Build from a run config (its shape_meta, horizon, n_obs_steps, n_action_steps, policy,
-        optimizer, precision and training.inference_mode sections)."""
+        optimizer, precision, task.rotation_rep and training.inference_mode sections)."""
         cfg = _plain(cfg)
         if inference_mode is None:
             inference_mode = bool((cfg.get("training") or {}).get("inference_mode", False))
+        # a checkpoint's config has the top-level "rotation_rep" of spec(): what the weights were trained with
+        rotation_rep = cfg.get("rotation_rep") or (cfg.get("task") or {}).get("rotation_rep") or "axis_angle"
         return cls(cfg["shape_meta"], cfg.get("horizon", 16), cfg.get("n_obs_steps", 2), cfg.get("n_action_steps", 8),
                    policy=cfg.get("policy"), optimizer=cfg.get("optimizer"), device=device,
-                   precision=cfg.get("precision", "fp32"), inference_mode=inference_mode, **kwargs)
+                   precision=cfg.get("precision", "fp32"), inference_mode=inference_mode, rotation_rep=rotation_rep,
+                   **kwargs)
 
     def spec(self) -> dict:
         """JSON-able constructor settings (what a checkpoint records to rebuild the policy)."""
         return {"shape_meta": copy.deepcopy(self.shape_meta), "horizon": self.horizon, "n_obs_steps": self.n_obs_steps,
                 "n_action_steps": self.n_action_steps, "policy": copy.deepcopy(self.policy_cfg),
-                "optimizer": copy.deepcopy(self.optim_cfg), "precision": self.precision}
+                "optimizer": copy.deepcopy(self.optim_cfg), "precision": self.precision,
+                "rotation_rep": self.rotation_rep}
 
     def _build_model(self):
         p, o = self.policy_cfg, self.optim_cfg
@@ -382,6 +400,8 @@ class ChunkPolicy(nn.Module):
                 diffs.append(f"{name} (this {getattr(self, name)}, other {getattr(other, name)})")
         if self.shape_meta != other.shape_meta:
             diffs.append(f"shape_meta (this {self.shape_meta}, other {other.shape_meta})")
+        if self.rotation_rep != other.rotation_rep:
+            diffs.append(f"task.rotation_rep (this {self.rotation_rep!r}, other {other.rotation_rep!r})")
         mine, theirs = architecture_settings(self.policy_cfg), architecture_settings(other.policy_cfg)
         if mine["backbone"] != theirs["backbone"]:
             diffs.append(f"policy.backbone (this {mine['backbone']!r}, other {theirs['backbone']!r})")
@@ -440,6 +460,11 @@ class ChunkPolicy(nn.Module):
         missing = [k for k in self.obs_keys + ["action"] if k not in normalizer]
         if missing:
             raise KeyError(f"normalizer has no entry for {missing}; it has {sorted(normalizer.keys())}")
+        try:  # fitted on the model's actions (10-d per arm with rotation_6d), not the env's
+            normalizer["action"].normalize(np.zeros((1, self.action_dim), dtype=np.float32))
+        except ValueError:
+            raise ValueError(f"the normalizer's 'action' entry does not fit the model's {self.action_dim}-d actions "
+                             f"(rotation_rep={self.rotation_rep!r})") from None
         self.normalizer = normalizer
 
     def to(self, *args, **kwargs):
@@ -553,9 +578,10 @@ class ChunkPolicy(nn.Module):
     @torch.no_grad()
     def predict_action(self, obs_dict: Mapping) -> dict[str, torch.Tensor]:
         """Raw observations {key: (B, To, *shape)} -> {"action": (B, Ta, A), "action_pred": (B, Tp, A)},
-        unnormalized; "action" = action_pred[:, To-1 : To-1+Ta]."""
+        unnormalized environment actions (A = shape_meta's, rotation-6d converted back to axis-angle);
+        "action" = action_pred[:, To-1 : To-1+Ta]."""
         naction = self.predict_normalized(self.normalize_obs(obs_dict))
-        action_pred = self.normalizer["action"].unnormalize(naction)
+        action_pred = self.action_transform.inverse(self.normalizer["action"].unnormalize(naction))
         start = self.n_obs_steps - 1
         return {"action": action_pred[:, start:start + self.n_action_steps], "action_pred": action_pred}
 
@@ -597,7 +623,7 @@ class ChunkPolicy(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"kind={self.kind}, backbone={self.policy_cfg['backbone']}, horizon={self.horizon}, n_obs_steps={self.n_obs_steps}, "
-                f"n_action_steps={self.n_action_steps}, obs_keys={self.obs_keys}")
+                f"n_action_steps={self.n_action_steps}, obs_keys={self.obs_keys}, rotation_rep={self.rotation_rep}")
 
 
 def fork_rng(device):

@@ -78,7 +78,11 @@ def _episode_obs(ep: dict, key: str):
 def load_imitation_data(cfg: DictConfig, normalizer=None) -> ImitationData:
     """Read `task.dataset_path` (robomimic .hdf5 / DP .zarr), check it against shape_meta, hold out
     `task.val_ratio` of the episodes (seeded by cfg.seed) and build the chunk datasets. The
-    normalizer is fitted on the training episodes unless one is given (a student uses its teacher's)."""
+    normalizer is fitted on the training episodes unless one is given (a student uses its teacher's).
+    With task.rotation_rep=rotation_6d the datasets (and the normalizer) hold [pos, rot6d, gripper]
+    actions; task.abs_action is checked against the controller of the env_args."""
+    from .actions import ActionTransform, check_abs_action  # lazily: see ChunkPolicy.__init__
+
     meta = parse_shape_meta(cfg.shape_meta)
     obs_keys = list(meta["obs"])
     rgb = [k for k in obs_keys if meta["obs"][k]["type"] == "rgb"]
@@ -100,6 +104,7 @@ def load_imitation_data(cfg: DictConfig, normalizer=None) -> ImitationData:
     if cfg.task.get("env_args"):
         env_args = OmegaConf.to_container(cfg.task.env_args, resolve=True) if OmegaConf.is_config(
             cfg.task.env_args) else dict(cfg.task.env_args)
+    check_abs_action(bool(cfg.task.get("abs_action", False)), env_args)
     max_eps = cfg.task.get("max_episodes")
     if max_eps:
         episodes = episodes[:int(max_eps)]
@@ -125,8 +130,10 @@ def load_imitation_data(cfg: DictConfig, normalizer=None) -> ImitationData:
     val_ids = set(perm[:n_val].tolist())
     train_eps = [e for i, e in enumerate(episodes) if i not in val_ids]
     val_eps = [e for i, e in enumerate(episodes) if i in val_ids]
+    transform = ActionTransform(cfg.task.get("rotation_rep", "axis_angle"), act.shape[1])
     kw = dict(obs_keys=obs_keys, horizon=int(cfg.horizon), n_obs_steps=int(cfg.n_obs_steps),
-              n_action_steps=int(cfg.n_action_steps), image_keys=rgb)
+              n_action_steps=int(cfg.n_action_steps), image_keys=rgb,
+              action_transform=None if transform.identity else transform)
     norm = normalizer if normalizer is not None else str(cfg.dataset.get("normalizer", "limits"))
     train = ChunkedDataset(train_eps, normalizer=norm, **kw)
     val = ChunkedDataset(val_eps, normalizer=train.normalizer, **kw) if val_eps else None
