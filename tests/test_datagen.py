@@ -200,22 +200,23 @@ def test_cli_make_and_info(mujoco_env, tmp_path, monkeypatch, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["transitions"] == 1200 and info["metadata"]["seed"] == 1
     assert info["metadata"]["generation_command"] == "cleandiffuser dataset make walker2d-random-cd-v0 --seed 1 --steps 1200"
-    assert main(["dataset", "info", "halfcheetah-expert-cd-v0"]) == 2
-    assert "cleandiffuser dataset make halfcheetah-expert-cd-v0" in capsys.readouterr().err
+    assert main(["dataset", "info", "hopper-expert-cd-v0"]) == 2
+    assert "cleandiffuser dataset make hopper-expert-cd-v0" in capsys.readouterr().err
     assert main(["dataset", "make", "hopper-medium-cd-v0", "--run", str(tmp_path / "nope"), "--steps", "10"]) == 2
     assert "train_behaviour" in capsys.readouterr().err
 
 
-def test_shipped_medium_policy_makes_medium_data_without_a_run(mujoco_env, tmp_path, monkeypatch):
-    """A fresh checkout regenerates halfcheetah-medium from the snapshot shipped in the package."""
+def test_shipped_policies_make_medium_and_expert_data_without_a_run(mujoco_env, tmp_path, monkeypatch):
+    """A fresh checkout regenerates halfcheetah-medium and -expert from the snapshots shipped in the package."""
     from cleandiffuser.datagen.generate import make_dataset, shipped_policy
 
-    path = shipped_policy("halfcheetah", "medium")
-    assert path is not None and path.is_file() and path.stat().st_size < 1_000_000
-    assert shipped_policy("halfcheetah", "expert") is None  # not chosen yet
     monkeypatch.chdir(tmp_path)  # no runs/behaviour here
-    out = make_dataset("halfcheetah-medium-cd-v0", out=tmp_path / "m.hdf5", steps=2000, progress=False, log=None)
-    meta = read_d4rl_hdf5(out)["metadata"]
-    assert meta["behaviour_policy"] == f"shipped snapshot {path.name}"
-    # 2 episodes of a policy at about 40 normalized score: far above random (~0), far below expert
-    assert 25 < meta["normalized_score"] < 55
+    # 2 episodes each: medium at about 40 normalized score, expert at about 76 (random is ~0)
+    for kind, lo, hi in (("medium", 25, 55), ("expert", 65, 90)):
+        path = shipped_policy("halfcheetah", kind)
+        assert path is not None and path.is_file() and path.stat().st_size < 1_000_000
+        out = make_dataset(f"halfcheetah-{kind}-cd-v0", out=tmp_path / f"{kind}.hdf5", steps=2000, progress=False,
+                           log=None)
+        meta = read_d4rl_hdf5(out)["metadata"]
+        assert meta["behaviour_policy"] == f"shipped snapshot {path.name}"
+        assert lo < meta["normalized_score"] < hi, (kind, meta["normalized_score"])
