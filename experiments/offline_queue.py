@@ -20,19 +20,18 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # CPU budgets: the papers train 1M-3M steps; these are what a 2-core CPU affords (the table says so).
 _CPU = ["steps=20000", "checkpoint_every=2000", "keep_every=0", "eval.episodes=10", "eval.n_envs=10"]
-PLANS: dict[str, list[tuple[str, str, list[str]]]] = {
-    # (name, config, overrides); every entry runs for each seed
-    "halfcheetah-medium-cpu": [
-        ("idql-ct", "idql", [*_CPU, "agent.actor=ct", "eval.sample_steps=[1,2,4]"]),
-        ("idql-cd", "idql", [*_CPU, "agent.actor=cd", "agent.distill_steps=8000", "eval.sample_steps=[1,2,4]"]),
-        ("idql-edm", "idql", [*_CPU, "agent.actor=edm", "eval.sample_steps=[1,2,4]"]),
-        ("idql-ddpm", "idql", [*_CPU, "agent.actor=ddpm", "eval.sample_steps=null"]),
-        ("dql", "dql", [*_CPU, "eval.sample_steps=null"]),
-        ("edp", "edp", [*_CPU, "eval.sample_steps=null"]),
-        ("dbc", "dbc", [*_CPU, "eval.sample_steps=null"]),
-    ],
-}
-DATASETS = {"halfcheetah-medium-cpu": "halfcheetah-medium-cd-v0"}
+_SEED000 = [  # (name, config, overrides); every entry runs for each seed
+    ("idql-ct", "idql", [*_CPU, "agent.actor=ct", "eval.sample_steps=[1,2,4]"]),
+    ("idql-cd", "idql", [*_CPU, "agent.actor=cd", "agent.distill_steps=8000", "eval.sample_steps=[1,2,4]"]),
+    ("idql-edm", "idql", [*_CPU, "agent.actor=edm", "eval.sample_steps=[1,2,4]"]),
+    ("idql-ddpm", "idql", [*_CPU, "agent.actor=ddpm", "eval.sample_steps=null"]),
+    ("dql", "dql", [*_CPU, "eval.sample_steps=null"]),
+    ("edp", "edp", [*_CPU, "eval.sample_steps=null"]),
+    ("dbc", "dbc", [*_CPU, "eval.sample_steps=null"]),
+]
+# the seed-000 table on each HalfCheetah dataset (CPU budgets)
+DATASETS = {f"halfcheetah-{kind}-cpu": f"halfcheetah-{kind}-cd-v0" for kind in ("medium", "medium-replay", "medium-expert")}
+PLANS: dict[str, list[tuple[str, str, list[str]]]] = {plan: _SEED000 for plan in DATASETS}
 
 
 def run_dirs(plan: str, seeds) -> list[tuple[Path, str, list[str], int]]:
