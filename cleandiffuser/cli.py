@@ -153,6 +153,19 @@ def add_run_commands(sub) -> None:
     rep.set_defaults(func=_report)
 
 
+def _pull_overrides(sub, argv: list[str]) -> tuple[list[str], list[str]]:
+    """Take `key=value` overrides of train/eval out of argv wherever they stand, so that one following a
+    multi-value option (`eval RUN --sample-steps 1 2 agent.num_candidates=64`) is not read as its value."""
+    if not argv or argv[0] not in ("train", "eval"):
+        return argv, []
+    single = {o for a in sub.choices[argv[0]]._actions if a.nargs is None for o in a.option_strings}
+    keep, overrides = [], []
+    for i, tok in enumerate(argv):
+        is_value = i > 0 and argv[i - 1] in single  # e.g. --run-dir a=b
+        (overrides if "=" in tok and not tok.startswith("-") and not is_value else keep).append(tok)
+    return keep, overrides
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="cleandiffuser", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,7 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     from .datagen.cli import add_dataset_commands
     add_dataset_commands(sub)
     add_run_commands(sub)
+    argv, overrides = _pull_overrides(sub, list(sys.argv[1:] if argv is None else argv))
     args, extra = parser.parse_known_args(argv)
+    if overrides:
+        args.overrides = list(args.overrides) + overrides
     if extra:  # key=value overrides may follow options: `train idql --dataset X steps=10`
         if args.command not in ("train", "eval") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -56,7 +56,10 @@ def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_pa
     assert env["torch"] == torch.__version__ and env["mujoco"]
 
     # the same run scored again with other sample steps, through `cleandiffuser eval`
-    assert main(["eval", str(run), "--sample-steps", "4", "--episodes", "1"]) == 0
+    # (an override may follow a multi-value option; a bad one is named, so it was applied)
+    assert main(["eval", str(run), "--sample-steps", "4", "agent.num_candidates=0", "--episodes", "1"]) == 2
+    assert "num_candidates" in capsys.readouterr().err
+    assert main(["eval", str(run), "--sample-steps", "4", "agent.num_candidates=2", "--episodes", "1"]) == 0
     assert "| 4 |" in capsys.readouterr().out
 
     # `cleandiffuser report` aggregates finished runs into a table (one row per sample-step setting)
