@@ -3,6 +3,7 @@ import torch.nn as nn
 
 from ..utils.activations import Mish
 from .base import BaseNNDiffusion
+from .conv import Conv1d
 from .jannerunet import Conv1dBlock, build_unet_stages, check_horizon, unet_pass, unet_widths
 
 
@@ -19,7 +20,7 @@ class FiLMResidualBlock(nn.Module):
         self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size, n_groups)
         self.film = nn.Sequential(Mish(), nn.Linear(cond_dim, out_ch * (2 if predict_scale else 1)))
         self.drop = nn.Dropout(dropout)
-        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h, f = self.conv1(x), self.film(cond)[:, :, None]
@@ -59,7 +60,7 @@ class ChiUNet1d(BaseNNDiffusion):
         build_unet_stages(self, dims, lambda i, o: FiLMResidualBlock(
             i, o, cond_dim, kernel_size, n_groups, cond_predict_scale, dropout))
         self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], kernel_size, n_groups),
-                                   nn.Conv1d(dims[1], in_dim, 1))
+                                   Conv1d(dims[1], in_dim, 1))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor,
                 condition: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,24 +6,25 @@ import torch.nn as nn
 
 from ..utils.activations import Mish
 from .base import BaseNNDiffusion
+from .conv import Conv1d, ConvTranspose1d
 
 
 class Conv1dBlock(nn.Sequential):
     """Conv1d (same padding) -> GroupNorm -> Mish on (B, C, L)."""
 
     def __init__(self, in_ch: int, out_ch: int, kernel_size: int, n_groups: int = 8):
-        super().__init__(nn.Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
+        super().__init__(Conv1d(in_ch, out_ch, kernel_size, padding=kernel_size // 2),
                          nn.GroupNorm(n_groups, out_ch), Mish())
 
 
 def downsample1d(ch: int) -> nn.Module:
     """Halves the length: (B, ch, L) -> (B, ch, L / 2)."""
-    return nn.Conv1d(ch, ch, 3, stride=2, padding=1)
+    return Conv1d(ch, ch, 3, stride=2, padding=1)
 
 
 def upsample1d(ch: int) -> nn.Module:
     """Doubles the length: (B, ch, L) -> (B, ch, 2L)."""
-    return nn.ConvTranspose1d(ch, ch, 4, stride=2, padding=1)
+    return ConvTranspose1d(ch, ch, 4, stride=2, padding=1)
 
 
 def unet_widths(model_dim: int, dim_mult) -> list[int]:
@@ -49,7 +50,7 @@ class ResidualTemporalBlock(nn.Module):
         self.conv1 = Conv1dBlock(in_ch, out_ch, kernel_size)
         self.conv2 = Conv1dBlock(out_ch, out_ch, kernel_size)
         self.emb = nn.Sequential(Mish(), nn.Linear(emb_dim, out_ch))
-        self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
+        self.skip = Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         h = self.conv1(x) + self.emb(emb)[:, :, None]
@@ -74,7 +75,7 @@ class JannerUNet1d(BaseNNDiffusion):
         self.dim_mult = tuple(dim_mult)
         dims = [in_dim] + unet_widths(model_dim, self.dim_mult)
         build_unet_stages(self, dims, lambda i, o: ResidualTemporalBlock(i, o, emb_dim, kernel_size))
-        self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], 5), nn.Conv1d(dims[1], in_dim, 1))
+        self.final = nn.Sequential(Conv1dBlock(dims[1], dims[1], 5), Conv1d(dims[1], in_dim, 1))
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor,
                 condition: torch.Tensor | None = None) -> torch.Tensor:
