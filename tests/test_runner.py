@@ -65,7 +65,7 @@ def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_pa
     # `cleandiffuser report` aggregates finished runs into a table (one row per sample-step setting)
     assert main(["report", str(run), "--out", str(tmp_path / "table.md")]) == 0
     table = (tmp_path / "table.md").read_text()
-    assert table.count("| idql | halfcheetah-tiny |") == 2 and "| 200 | 1 | 1 |" in table
+    assert table.count("| idql-ct | halfcheetah-tiny |") == 2 and "| 200 | 1 | 1 |" in table
 
     # a second train into the same directory refuses instead of overwriting
     assert main(["train", "idql", "--dataset", tiny_dataset, "--run-dir", str(run), "steps=10", *TINY]) == 2
@@ -182,3 +182,23 @@ def test_train_on_a_generated_name_makes_the_missing_dataset_first(tmp_path, mon
     assert made == ["halfcheetah-medium-cd-v0"] and (tmp_path / "data" / "halfcheetah-medium-cd-v0.hdf5").is_file()
     train(cfg, run_dir=tmp_path / "r2", progress=False, log=lambda *_: None)  # reused, not made again
     assert made == ["halfcheetah-medium-cd-v0"]
+
+
+def test_report_pools_seeds_of_one_variant_only(tmp_path):
+    """IDQL with different actors are different rows; seeds of one actor pool into mean ± SE."""
+    from cleandiffuser.runner import aggregate_runs
+
+    runs = []
+    for actor, seed, score in (("ct", 0, 40.0), ("ct", 1, 44.0), ("edm", 0, 10.0)):
+        run = tmp_path / f"{actor}-{seed}"
+        run.mkdir()
+        (run / "config.yaml").write_text(f"algo: idql\nagent:\n  actor: {actor}\n")
+        (run / "report.json").write_text(json.dumps({
+            "algo": "idql", "dataset": "halfcheetah-medium-cd-v0", "seed": seed, "steps": 100,
+            "rows": [{"sample_steps": 1, "score_mean": score, "episodes": 10, "ms_per_action": 1.0}]}))
+        runs.append(run)
+    rows = {r["algo"]: r for r in aggregate_runs(runs)}
+    assert set(rows) == {"idql-ct", "idql-edm"}
+    assert rows["idql-ct"]["seeds"] == [0, 1] and rows["idql-ct"]["score_mean"] == 42.0
+    assert rows["idql-ct"]["score_se"] == pytest.approx(2.0) and rows["idql-ct"]["episodes"] == 20
+    assert rows["idql-edm"]["seeds"] == [0]

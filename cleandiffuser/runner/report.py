@@ -98,17 +98,30 @@ def write_report(run_dir: Path, report: dict) -> dict:
     return report
 
 
+def agent_label(run_dir: Path, algo: str) -> str:
+    """The algorithm plus the variant that changes what it is (IDQL's actor: idql-ct, idql-edm, ...),
+    read from the run's resolved config.yaml."""
+    cfg_path = run_dir / "config.yaml"
+    if cfg_path.is_file():
+        from omegaconf import OmegaConf
+        actor = OmegaConf.select(OmegaConf.load(cfg_path), "agent.actor")
+        if actor:
+            return f"{algo}-{actor}"
+    return algo
+
+
 def aggregate_runs(run_dirs: list) -> list[dict]:
-    """One row per (algo, dataset, sample_steps) over training seeds: the mean of the per-seed mean
-    scores, SE across seeds (n >= 2), and the episodes pooled."""
+    """One row per (agent variant, dataset, sample_steps, gradient steps) over training seeds: the mean of
+    the per-seed mean scores, SE across seeds (n >= 2), and the episodes pooled."""
     groups: dict[tuple, list[dict]] = {}
     for d in run_dirs:
         path = Path(d) / "report.json" if Path(d).is_dir() else Path(d)
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: has the run finished its evaluation?")
         rep = json.loads(path.read_text())
+        label = agent_label(path.parent, rep["algo"])
         for r in rep.get("rows", []):
-            key = (rep["algo"], Path(rep["dataset"]).stem, r["sample_steps"], rep["steps"])
+            key = (label, Path(rep["dataset"]).stem, r["sample_steps"], rep["steps"])
             groups.setdefault(key, []).append({**r, "seed": rep["seed"]})
     out = []
     for (algo, dataset, k, steps), rs in sorted(groups.items(), key=lambda kv: tuple(str(x) for x in kv[0])):
