@@ -81,12 +81,14 @@ def main() -> int:
     from cleandiffuser.runner import aggregate_runs, format_aggregate
     rows = aggregate_runs(finished)
     table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[args.plan])
-    walls = {d: json.loads((Path(d) / "report.json").read_text()).get("train_seconds_this_session") for d in finished}
+    reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
+    walls = {d: r.get("train_seconds", r.get("train_seconds_this_session")) for d, r in reports.items()}
     out = ROOT / "results" / f"{args.plan}.md"
     out.write_text(f"# {args.plan}\n\nCommand: `python experiments/offline_queue.py --plan {args.plan} --seeds "
                    f"{' '.join(map(str, args.seeds))}`; dataset {DATASETS[args.plan]}; each run's config and "
                    f"environment are in its run directory (runs/experiments/{args.plan}/).\n\n{table}\n\n"
-                   "Training wall time of the last session of each run (s): "
+                   "Training wall time of each run, summed over its sessions (s; runs from before session 3 count "
+                   "only their last session): "
                    + ", ".join(f"{Path(d).name} {w}" for d, w in walls.items()) + "\n")
     print(table)
     print(f"\nwritten: {out}")

@@ -82,6 +82,8 @@ def test_resume_continues_the_exact_loss_sequence(tiny_dataset, tmp_path, compil
     assert main(["train", "--resume", str(tmp_path / "split"), "--no-progress"]) == 0
     straight, split = read_log(tmp_path / "straight"), read_log(tmp_path / "split")
     assert [r["step"] for r in split] == [str(s) for s in range(1, 41)]
+    walls = [float(r["wall_s"]) for r in split]  # training time adds up over the two sessions
+    assert walls == sorted(walls) and walls[23] >= walls[22]
     for a, b in zip(straight, split):
         assert (a["q_loss"], a["v_loss"], a["actor_loss"]) == (b["q_loss"], b["v_loss"], b["actor_loss"]), a["step"]
     # the two final checkpoints act identically

@@ -130,7 +130,8 @@ def _set_rng_state(tensors, meta: dict) -> None:
 
 
 def save_run_checkpoint(path, agent: Agent, normalizer: GaussianNormalizer, sampler: TensorBatchSampler | None,
-                        step: int, cfg: DictConfig, env_id: str | None) -> None:
+                        step: int, cfg: DictConfig, env_id: str | None, train_seconds: float = 0.0) -> None:
+    """`train_seconds`: training wall time up to `step`, summed over every session of the run."""
     tensors, agent_meta = agent.checkpoint_state("agent/")
     tensors.update({f"normalizer/{k}": torch.as_tensor(v) for k, v in normalizer.state_dict().items()})
     if sampler is not None:
@@ -139,7 +140,8 @@ def save_run_checkpoint(path, agent: Agent, normalizer: GaussianNormalizer, samp
     tensors.update(rng_tensors)
     meta = {"format": CHECKPOINT_FORMAT, "step": step, "config": OmegaConf.to_container(cfg, resolve=True),
             "env_id": env_id, "agent": agent_meta, "rng": rng_meta, "obs_dim": agent.obs_dim,
-            "act_dim": agent.act_dim, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+            "act_dim": agent.act_dim, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "train_seconds": float(train_seconds)}
     save_checkpoint(path, tensors, meta)
 
 
@@ -296,9 +298,10 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     sampler = TensorBatchSampler(dataset.tensors(), int(cfg.batch_size), device=device,
                                  generator=int(cfg.seed) * 1000 + ctx.rank)
     normalizer = dataset.get_normalizer()
-    start = 0
+    start, seconds_before = 0, 0.0
     if resume:
         tensors, meta = load_checkpoint(latest)
+        seconds_before = float(meta.get("train_seconds", 0.0))
         agent.load_checkpoint_state(tensors, meta["agent"], prefix="agent/", source=str(latest))
         if ctx.rank == 0:
             sampler.generator.set_state(tensors["sampler/generator"])
@@ -336,16 +339,18 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
             bar.update(1)
         if ctx.is_main and cfg.log_every and step % int(cfg.log_every) == 0:
             now = time.perf_counter()
-            row = {"step": step, "wall_s": round(now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2)}
+            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2)}
             row.update({k: v / count for k, v in sums.items()})
             runlog.write(row)
             if bar is not None:
                 bar.set_postfix({k: f"{v / count:.3g}" for k, v in sums.items()}, refresh=False)
             sums, count, t_log = {}, 0, now
         if ctx.is_main and cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step < steps:
-            save_run_checkpoint(latest, agent, normalizer, sampler, step, cfg, env_id)
+            so_far = seconds_before + time.perf_counter() - t_start
+            save_run_checkpoint(latest, agent, normalizer, sampler, step, cfg, env_id, so_far)
             if cfg.keep_every and step % int(cfg.keep_every) == 0:
-                save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", agent, normalizer, sampler, step, cfg, env_id)
+                save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", agent, normalizer, sampler, step, cfg, env_id,
+                                    so_far)
         if ctx.is_main and cfg.eval_every and step % int(cfg.eval_every) == 0 and step < steps:
             _periodic_eval(agent, normalizer, cfg, env_id, run_dir, step, runlog, say)
             agent.train()
@@ -356,14 +361,15 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     ctx.close()
     if not ctx.is_main:
         return {}
-    save_run_checkpoint(latest, agent, normalizer, sampler, last, cfg, env_id)
+    save_run_checkpoint(latest, agent, normalizer, sampler, last, cfg, env_id, seconds_before + train_seconds)
     if last < steps:
         runlog.close()
         say(f"stopped at step {last:,} of {steps:,}; continue with --resume {run_dir}")
         return {}
     say(f"trained {steps - start:,} steps in {train_seconds / 60:.1f} min; checkpoint {latest}")
     report = {"run_dir": str(run_dir), "algo": cfg.algo, "dataset": str(cfg.dataset), "env_id": env_id,
-              "seed": int(cfg.seed), "steps": steps, "train_seconds_this_session": round(train_seconds, 1),
+              "seed": int(cfg.seed), "steps": steps, "train_seconds": round(seconds_before + train_seconds, 1),
+              "train_seconds_this_session": round(train_seconds, 1),
               "checkpoint": str(latest), "rows": []}
     if int(cfg.eval.episodes) > 0:
         report["rows"] = evaluate_agent(agent, normalizer, cfg, env_id, run_dir / "eval" / "final", say=say)
