@@ -110,6 +110,8 @@ def test_resume_reproduces_the_loss_sequence_exactly(lift_file, tmp_path):
     a, b = read_csv(tmp_path / "straight" / "log.csv"), read_csv(tmp_path / "split" / "log.csv")
     assert [r["step"] for r in a] == [r["step"] for r in b] == [str(i) for i in range(1, 21)]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    walls = [float(r["wall_s"]) for r in b]  # training time adds up over the two sessions
+    assert walls == sorted(walls)
     assert read_csv(tmp_path / "straight" / "val.csv") == read_csv(tmp_path / "split" / "val.csv")
     ta, _, _ = read_policy_checkpoint(tmp_path / "straight")
     tb, _, _ = read_policy_checkpoint(tmp_path / "split")

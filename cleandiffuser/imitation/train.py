@@ -181,11 +181,13 @@ class _Csv:
 
 
 # ---------------------------------------------------------------------------- checkpoints
-def _save_run_checkpoint(path, policy: ChunkPolicy, sampler, cfg: DictConfig, step: int) -> None:
+def _save_run_checkpoint(path, policy: ChunkPolicy, sampler, cfg: DictConfig, step: int,
+                         train_seconds: float = 0.0) -> None:
+    """`train_seconds`: training wall time up to `step`, summed over every session of the run."""
     rng_tensors, rng_meta = _rng_state()
     extra = {"sampler/generator": sampler.generator.get_state(), **rng_tensors}
     save_policy(path, policy, OmegaConf.to_container(cfg, resolve=True), extra_tensors=extra,
-                extra_meta={"rng": rng_meta, "run_step": step})
+                extra_meta={"rng": rng_meta, "run_step": step, "train_seconds": float(train_seconds)})
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -236,9 +238,10 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
         evaluate = make_evaluator(cfg, data.env_args)
     sampler = data.train.sampler(int(tr.batch_size), device=device, generator=seed)
 
-    start = 0
+    start, seconds_before = 0, 0.0
     if resume:
         tensors, meta, _ = read_policy_checkpoint(latest)
+        seconds_before = float(meta.get("train_seconds", 0.0))
         load_policy_state(policy, tensors, meta, load_optimizer=True, source=str(latest))
         sampler.generator.set_state(tensors["sampler/generator"])
         _set_rng_state(tensors, meta["rng"])
@@ -281,7 +284,7 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
             bar.update(1)
         if lg.log_every and step % int(lg.log_every) == 0:
             now = time.perf_counter()
-            row = {"step": step, "wall_s": round(now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2),
+            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2),
                    "lr": lr}
             row.update({k: v / count for k, v in sums.items()})
             runlog.write(row)
@@ -301,15 +304,17 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
                 if k in vrow:
                     runlog.scalar(f"val/{k}", vrow[k], step)
         if lg.checkpoint_every and step % int(lg.checkpoint_every) == 0 and step < steps:
-            _save_run_checkpoint(latest, policy, sampler, cfg, step)
+            so_far = seconds_before + time.perf_counter() - t_start
+            _save_run_checkpoint(latest, policy, sampler, cfg, step, so_far)
             if lg.keep_every and step % int(lg.keep_every) == 0:
-                _save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", policy, sampler, cfg, step)
+                _save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", policy, sampler, cfg, step, so_far)
     if bar is not None:
         bar.close()
     train_seconds = time.perf_counter() - t_start
-    _save_run_checkpoint(latest, policy, sampler, cfg, last)
+    _save_run_checkpoint(latest, policy, sampler, cfg, last, seconds_before + train_seconds)
     if lg.keep_every and last % int(lg.keep_every) == 0 and last > start:
-        _save_run_checkpoint(ckpt_dir / f"step_{last:08d}.ckpt", policy, sampler, cfg, last)
+        _save_run_checkpoint(ckpt_dir / f"step_{last:08d}.ckpt", policy, sampler, cfg, last,
+                             seconds_before + train_seconds)
     if last < steps:
         runlog.close()
         log(f"stopped at step {last:,} of {steps:,}; continue with --resume {run_dir}")
@@ -318,6 +323,7 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
 
     report = {"run_dir": str(run_dir), "name": cfg.logging.get("name"), "kind": policy.kind,
               "task": cfg.task.get("name"), "dataset": str(cfg.task.dataset_path), "seed": seed, "steps": steps,
+              "train_seconds": round(seconds_before + train_seconds, 1),
               "train_seconds_this_session": round(train_seconds, 1), "checkpoint": str(latest),
               "n_train_episodes": data.n_train_episodes, "n_val_episodes": data.n_val_episodes,
               "device": str(device), "online_rollouts": online, "backbone": policy.policy_cfg["backbone"],
