@@ -22,6 +22,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 # CPU budgets (the paper trains hundreds of epochs on a GPU); the table states them
 STEPS = {"edm": 5000, "ctmp": 1500, "ddim": 5000}  # the student starts as the teacher (warm start)
+# per task: its observation sizes (object state: Lift 10, Can/Square 14) and a rollout horizon above its longest
+# scripted demo (Lift 75, Can 284, Square 275 steps)
+TASK = {"lift": [],
+        "can": ["task.name=can", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
+        "square": ["task.name=square", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"]}
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
 
@@ -57,7 +62,8 @@ def main() -> int:
                 cmd += ["--resume", str(run)]
             else:
                 cmd += ["--config-name", config, "--run-dir", str(run), f"task.dataset_path={data}",
-                        f"training.steps={STEPS[name]}", f"logging.name={name}_{args.task}", *COMMON, *extra]
+                        f"training.steps={STEPS[name]}", f"logging.name={name}_{args.task}", *COMMON, *TASK[args.task],
+                        *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             if subprocess.call(cmd, cwd=ROOT) != 0:
                 print(f"run failed: {run}", flush=True)
