@@ -120,16 +120,20 @@ def identity_normalizer():
     return LinearNormalizer({"c": MinMaxNormalizer(ones), "action": MinMaxNormalizer(np.ones((2, A)) * [[-1.0], [1.0]])})
 
 
-@pytest.fixture(scope="module")
-def teacher():
+def train_edm_teacher(net: dict, steps: int) -> tuple[ChunkPolicy, list[float]]:
+    """An EDM teacher with backbone settings `net` trained on the bimodal chunk task, and its losses."""
     torch.manual_seed(0)
-    policy = ChunkPolicy(META, H, TO, TA, policy={"kind": "edm", **TINY_NET, "noise_scheduler": {"bins": BINS}},
+    policy = ChunkPolicy(META, H, TO, TA, policy={"kind": "edm", **net, "noise_scheduler": {"bins": BINS}},
                          optimizer=OPT)
     policy.set_normalizer(identity_normalizer())
     gen = torch.Generator().manual_seed(1)
-    for _ in range(300):
-        policy.update(task_batch(64, gen))
-    return policy.eval()
+    losses = [policy.update(task_batch(64, gen))["loss"] for _ in range(steps)]
+    return policy.eval(), losses
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return train_edm_teacher(TINY_NET, 300)[0]
 
 
 def make_student(teacher, **policy):
@@ -310,13 +314,7 @@ TF_NET = {"backbone": "transformer", "transformer": {"n_layer": 2, "n_head": 2, 
 @pytest.fixture(scope="module")
 def tf_teacher():
     """An EDM teacher with the ChiTransformer backbone on the bimodal chunk task, and its losses."""
-    torch.manual_seed(0)
-    policy = ChunkPolicy(META, H, TO, TA, policy={"kind": "edm", **TF_NET, "noise_scheduler": {"bins": BINS}},
-                         optimizer=OPT)
-    policy.set_normalizer(identity_normalizer())
-    gen = torch.Generator().manual_seed(1)
-    losses = [policy.update(task_batch(64, gen))["loss"] for _ in range(200)]
-    return policy.eval(), losses
+    return train_edm_teacher(TF_NET, 200)
 
 
 def test_transformer_backbone_learns_both_modes(tf_teacher):
