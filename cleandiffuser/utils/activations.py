@@ -55,7 +55,7 @@ def _kernels():
 
 def _use_fused(x: torch.Tensor) -> bool:
     return (x.device.type == "cpu" and x.numel() >= FUSED_MIN_NUMEL and x.dtype in (torch.float32, torch.bfloat16)
-            and not torch.compiler.is_compiling() and _kernels() is not None)
+            and _kernels() is not None)
 
 
 class _FusedMish(torch.autograd.Function):
