@@ -56,3 +56,19 @@ def test_compiled_network_trains_like_eager_and_samples_eagerly():
     x, _ = compiled.sample(torch.zeros(1, 2), condition_cfg=cond[:1], sample_steps=4, use_ema=False)
     assert torch.isfinite(x).all()
     assert torch._dynamo.utils.counters["stats"]["calls_captured"] == 0
+
+
+def test_sampling_autocasts_large_batches_only():
+    """bf16 autocast pays off from 64 samples (results/bench_ops.md); one observation stays fp32."""
+    model = _edm(0)
+    model.set_precision("bf16")
+    seen = []
+    model.model_ema["diffusion"].register_forward_hook(lambda *_: seen.append(torch.is_autocast_enabled("cpu")))
+    for batch, expected in ((1, False), (63, False), (64, True), (256, True)):
+        seen.clear()
+        x, _ = model.sample(torch.zeros(batch, 2), condition_cfg=torch.randn(batch, 2), sample_steps=2)
+        assert x.dtype == torch.float32 and seen == [expected] * 2, (batch, seen)
+    seen.clear()  # differentiable sampling leaves precision to the caller
+    model.sample(torch.zeros(64, 2), condition_cfg=torch.randn(64, 2), sample_steps=2, requires_grad=True,
+                 use_ema=True)
+    assert seen == [False] * 2
