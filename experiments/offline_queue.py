@@ -6,11 +6,18 @@
 Each run lives in runs/experiments/<plan>/<name>-seed<k>; a finished run (report.json) is skipped, an
 interrupted one is resumed from its latest checkpoint, so the command can be killed and restarted at
 any time. The aggregate table (mean ± SE over training seeds) goes to results/<plan>.md.
+
+Several workers may share a plan: each run is claimed with a file lock, so on 2 cores two workers with
+one thread each (OMP_NUM_THREADS=1) finish more runs per hour than one worker with two threads:
+
+    OMP_NUM_THREADS=1 python experiments/offline_queue.py --plan halfcheetah-medium-cpu &   # twice
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -60,9 +67,22 @@ def main() -> int:
     args = ap.parse_args()
     entries = [e for e in run_dirs(args.plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0] in args.only]
     if not args.report:
+        lock_dir = ROOT / "runs" / "experiments" / args.plan / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
         for run_dir, config, overrides, seed in entries:
             if (run_dir / "report.json").is_file():
                 continue
+            lock = open(lock_dir / f"{run_dir.name}.lock", "w")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # another worker has this run
+                lock.close()
+                continue
+            if (run_dir / "report.json").is_file():  # finished while we waited for the lock
+                lock.close()
+                continue
+            if run_dir.is_dir() and not (run_dir / "checkpoints" / "latest.ckpt").is_file():
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
             cmd = [sys.executable, "-m", "cleandiffuser.cli", "train", "--no-progress"]
             if (run_dir / "checkpoints" / "latest.ckpt").is_file():
                 cmd += ["--resume", str(run_dir)]
@@ -71,6 +91,7 @@ def main() -> int:
                         *overrides]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd, cwd=ROOT)
+            lock.close()
             if rc != 0:
                 print(f"run failed with exit code {rc}: {run_dir}", flush=True)
                 return rc

@@ -243,7 +243,9 @@ def environment_info() -> dict:
             "cleandiffuser": getattr(cleandiffuser, "__version__", "unknown"), "platform": platform.platform(),
             "processor": platform.processor(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-            "command": " ".join(sys.argv)}
+            "command": " ".join(sys.argv),
+            "openmp": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
+                       if k in os.environ}}
     for mod in ("gymnasium", "mujoco", "h5py"):
         try:
             info[mod] = __import__(mod).__version__
