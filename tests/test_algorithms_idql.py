@@ -1,4 +1,6 @@
 """IQL and IDQL learn small tasks whose answers are known in closed form."""
+import copy
+
 import pytest
 import torch
 
@@ -70,6 +72,22 @@ def test_polyak_moves_the_target_tau_toward_online():
         assert torch.allclose(new, 0.995 * old + 0.005 * online, atol=1e-6)
         assert (new - old).abs().max() < 0.01  # not 99.5% of the way
     assert not any(p.requires_grad for p in critic.q_target.parameters())
+
+
+def test_compiled_critic_trains_like_the_eager_one():
+    torch.manual_seed(0)
+    eager = IQLCritic(3, 2)
+    compiled = copy.deepcopy(eager).compile_network()
+    g = torch.Generator().manual_seed(1)
+    for _ in range(12):
+        batch = {"obs": torch.randn(64, 3, generator=g), "next_obs": torch.randn(64, 3, generator=g),
+                 "act": torch.rand(64, 2, generator=g) * 2 - 1, "rew": torch.randn(64, 1, generator=g),
+                 "tml": (torch.rand(64, 1, generator=g) < 0.1).float()}
+        a, b = eager.update(batch), compiled.update(batch)
+        assert a["q_loss"] == pytest.approx(b["q_loss"], rel=1e-4, abs=1e-6)
+        assert a["v_loss"] == pytest.approx(b["v_loss"], rel=1e-4, abs=1e-6)
+    for x, y in zip(eager.q_target.parameters(), compiled.q_target.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_critic_save_load_roundtrip(tmp_path):

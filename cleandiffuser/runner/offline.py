@@ -75,9 +75,9 @@ def set_agent_precision(agent: Agent, precision: str) -> None:
 
 
 def compile_agent(agent: Agent) -> None:
-    """Compile the training passes of the agent's generative models (DiffusionModel.compile_network)."""
+    """Compile the training passes of the agent's generative models and critics (their compile_network)."""
     for part in agent.parts().values():
-        if isinstance(part, DiffusionModel):
+        if hasattr(part, "compile_network"):
             part.compile_network()
 
 
