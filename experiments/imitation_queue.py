@@ -1,11 +1,12 @@
-"""Teacher -> student -> baseline imitation runs on a generated robosuite dataset, resumably.
+"""Teacher -> student -> baseline imitation runs on a generated dataset, resumably.
 
     python experiments/imitation_queue.py --task lift            # run (or continue) the plan
     python experiments/imitation_queue.py --task lift --report   # table only
 
+Tasks: robosuite lift | can | square (robomimic-format HDF5) and Push-T (pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
-and an interrupted one resumed. The demonstrations are made first when missing
-(cleandiffuser.datagen.robosuite_demos, 200 scripted demos, seed 0). The table (Consistency Policy
+and an interrupted one resumed. The demonstrations are made first when missing (200 scripted demos,
+seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency Policy
 paper Tables I/III in shape: success ± SE over the rollouts, NFE, ms per action) goes to
 results/imitation-<task>.md.
 """
@@ -26,31 +27,41 @@ STEPS = {"edm": 5000, "ctmp": 1500, "ddim": 5000}  # the student starts as the t
 # scripted demo (Lift 75, Can 284, Square 275 steps)
 TASK = {"lift": [],
         "can": ["task.name=can", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
-        "square": ["task.name=square", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"]}
+        "square": ["task.name=square", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
+        "pusht": []}  # Push-T has its own config files (*_pusht.yaml); rollout horizon 300 as Diffusion Policy
+NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
 
 
 def dataset(task: str) -> Path:
     from cleandiffuser.datagen.registry import data_dir
+    if task == "pusht":
+        return data_dir() / "pusht" / "pusht-scripted-state.zarr"
     return data_dir() / "robomimic" / f"{task}-scripted-lowdim.hdf5"
+
+
+def make_demos(task: str, out: Path) -> list[str]:
+    module = "pusht_demos" if task == "pusht" else "robosuite_demos"
+    return [sys.executable, "-m", f"cleandiffuser.datagen.{module}", *([] if task == "pusht" else ["--task", task]),
+            "--n", "200", "--seed", "0", "--out", str(out)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--task", choices=["lift", "can", "square"], default="lift")
+    ap.add_argument("--task", choices=sorted(TASK), default="lift")
     ap.add_argument("--report", action="store_true")
     args = ap.parse_args()
     base = ROOT / "runs" / "experiments" / f"imitation-{args.task}"
     data = dataset(args.task)
     if not args.report:
-        if not data.is_file():
-            subprocess.check_call([sys.executable, "-m", "cleandiffuser.datagen.robosuite_demos", "--task", args.task,
-                                   "--n", "200", "--seed", "0", "--out", str(data)], cwd=ROOT)
+        if not data.exists():
+            subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
         teacher = base / "edm"
-        plan = [("edm", "imitation/edm_lift", []),
-                ("ctmp", "imitation/ctmp_lift", [f"policy.teacher_path={teacher}", f"policy.edm={teacher}"]),
-                ("ddim", "imitation/ddim_lift", [])]
+        suffix = "pusht" if args.task == "pusht" else "lift"  # Can and Square use the Lift files + TASK overrides
+        plan = [("edm", f"imitation/edm_{suffix}", []),
+                ("ctmp", f"imitation/ctmp_{suffix}", [f"policy.teacher_path={teacher}", f"policy.edm={teacher}"]),
+                ("ddim", f"imitation/ddim_{suffix}", [])]
         for name, config, extra in plan:
             run = base / name
             if (run / "report.json").is_file():
@@ -83,11 +94,13 @@ def main() -> int:
                          f"{row.get('ms_per_action', float('nan')):.1f} |")
     table = "\n".join(lines)
     out = ROOT / "results" / f"imitation-{args.task}.md"
-    out.write_text(f"# Imitation on scripted robosuite {args.task} demos (low-dim observations)\n\nCommand: "
+    kind = "Push-T demos (state observations)" if args.task == "pusht" else f"robosuite {args.task} demos (low-dim observations)"
+    demos = " ".join(["python", *make_demos(args.task, data)[1:-1], "..."])
+    notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
+    out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
                    f"`python experiments/imitation_queue.py --task {args.task}`; data: 200 scripted demos "
-                   f"(`python -m cleandiffuser.datagen.robosuite_demos --task {args.task} --n 200 --seed 0`); CPU "
-                   f"budgets {STEPS}; configs and environments in runs/experiments/imitation-{args.task}/.\n\n"
-                   f"{table}\n")
+                   f"(`{demos}`); CPU budgets {STEPS}; configs and environments in "
+                   f"runs/experiments/imitation-{args.task}/.\n\n{table}\n" + (NOTES + notes if notes else ""))
     print(table)
     return 0
 
