@@ -58,6 +58,16 @@ def behaviour_row(dataset: str) -> str:
             f"{scores:.1f} (mean over the dataset's episodes) | - |")
 
 
+def last_log_wall(run_dir: Path) -> float | None:
+    """wall_s of the last row of a run's log.csv (training time, for runs whose report predates train_seconds)."""
+    import csv
+    try:
+        rows = list(csv.DictReader((run_dir / "log.csv").open()))
+    except OSError:
+        return None
+    return float(rows[-1]["wall_s"]) if rows and rows[-1].get("wall_s") else None
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", choices=sorted(PLANS), required=True)
@@ -103,13 +113,13 @@ def main() -> int:
     rows = aggregate_runs(finished)
     table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[args.plan])
     reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
-    walls = {d: r.get("train_seconds", r.get("train_seconds_this_session")) for d, r in reports.items()}
+    walls = {d: r.get("train_seconds") or last_log_wall(Path(d)) for d, r in reports.items()}
     out = ROOT / "results" / f"{args.plan}.md"
     out.write_text(f"# {args.plan}\n\nCommand: `python experiments/offline_queue.py --plan {args.plan} --seeds "
                    f"{' '.join(map(str, args.seeds))}`; dataset {DATASETS[args.plan]}; each run's config and "
                    f"environment are in its run directory (runs/experiments/{args.plan}/).\n\n{table}\n\n"
-                   "Training wall time of each run, summed over its sessions (s; runs from before session 3 count "
-                   "only their last session): "
+                   "Training wall time of each run (s; summed over its sessions, else the wall_s of its log's "
+                   "last row): "
                    + ", ".join(f"{Path(d).name} {w}" for d, w in walls.items()) + "\n")
     print(table)
     print(f"\nwritten: {out}")
