@@ -117,7 +117,9 @@ def main() -> int:
     out = ROOT / "results" / f"{args.plan}.md"
     out.write_text(f"# {args.plan}\n\nCommand: `python experiments/offline_queue.py --plan {args.plan} --seeds "
                    f"{' '.join(map(str, args.seeds))}`; dataset {DATASETS[args.plan]}; each run's config and "
-                   f"environment are in its run directory (runs/experiments/{args.plan}/).\n\n{table}\n\n"
+                   f"environment are in its run directory (runs/experiments/{args.plan}/). The ms/action column was "
+                   f"timed at the end of each run on cores shared with other jobs; idle-machine acting latency is in "
+                   f"results/bench_algorithms.md.\n\n{table}\n\n"
                    "Training wall time of each run (s; summed over its sessions, else the wall_s of its log's "
                    "last row): "
                    + ", ".join(f"{Path(d).name} {w}" for d, w in walls.items()) + "\n")
