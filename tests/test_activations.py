@@ -1,13 +1,14 @@
-"""The fused Mish kernel equals torch's, and a compiled denoiser trains like the eager one."""
+"""The fused Mish kernel equals torch's, compiled dropout is a fair Bernoulli mask, and a compiled denoiser
+(or consistency loss) trains like the eager one."""
 import pytest
 import torch
 import torch.nn.functional as F
 
-from cleandiffuser.diffusion import ContinuousEDM
+from cleandiffuser.diffusion import ContinuousConsistencyModel, ContinuousEDM
 from cleandiffuser.nn_condition import IdentityCondition
 from cleandiffuser.nn_diffusion import IDQLMlp
 from cleandiffuser.utils import activations
-from cleandiffuser.utils.activations import Mish, mish
+from cleandiffuser.utils.activations import Mish, dropout, mish
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
@@ -30,6 +31,24 @@ def test_mish_matches_torch_values_and_gradients(dtype, tol, shape):
         (g,) = torch.autograd.grad(mish(big).sum(), big, create_graph=True)
         with pytest.raises(RuntimeError):
             g.sum().backward()
+
+
+def test_compiled_dropout_is_a_fresh_fair_mask_seeded_by_torch():
+    drop = torch.compile(lambda x: dropout(x, 0.25), dynamic=False)
+    x = torch.ones(256, 512, requires_grad=True)
+    torch.manual_seed(0)
+    a = drop(x)
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), a)  # the hash's seed comes from torch's generator (seeding and resume)
+    assert not torch.equal(drop(x), a)  # and a new mask on every call
+    assert a.unique().tolist() == pytest.approx([0.0, 1 / 0.75])
+    keep = (a != 0).float()
+    assert keep.mean().item() == pytest.approx(0.75, abs=0.005)  # 131072 draws: sd 0.0012
+    for pair in (keep[:, 1:] * keep[:, :-1], keep[1:] * keep[:-1]):  # neighbours are independent
+        assert pair.mean().item() == pytest.approx(0.75 ** 2, abs=0.006)
+    a.sum().backward()
+    assert torch.equal(x.grad, a.detach())  # d/dx = mask / (1 - p)
+    assert dropout(x, 0.25, training=False) is x and dropout(x, 0.0) is x
 
 
 def _edm(seed: int) -> ContinuousEDM:
@@ -72,3 +91,27 @@ def test_sampling_autocasts_large_batches_only():
     model.sample(torch.zeros(64, 2), condition_cfg=torch.randn(64, 2), sample_steps=2, requires_grad=True,
                  use_ema=True)
     assert seen == [False] * 2
+
+
+@pytest.mark.parametrize("distill", [False, True], ids=["ct", "cd"])
+def test_compiled_consistency_loss_trains_like_eager(distill):
+    """compile_network() compiles a consistency model's whole pair loss; the noise is drawn outside it."""
+    def make():
+        torch.manual_seed(0)
+        cm = ContinuousConsistencyModel(IDQLMlp(2, 2, hidden_dim=64, n_blocks=2, dropout=0.0),
+                                        IdentityCondition(dropout=0.0), x_max=torch.full((2,), 3.0),
+                                        x_min=torch.full((2,), -3.0), precision="fp32", optim_params={"lr": 1e-3})
+        return cm.prepare_distillation(_edm(1), distillation_N=8) if distill else cm
+
+    torch.manual_seed(1)
+    x0, cond = torch.randn(256, 2), torch.randn(256, 2)
+    kw = {"loss_type": "distillation"} if distill else {}
+    eager, compiled = make(), make().compile_network()
+    logs = []
+    for model in (eager, compiled):
+        torch.manual_seed(2)
+        logs.append([model.update(x0, cond, **kw) for _ in range(10)])
+    for key in ("loss", "unweighted_loss"):
+        assert [log[key] for log in logs[1]] == pytest.approx([log[key] for log in logs[0]], rel=1e-3)
+    for p, q in zip(eager.parameters(), compiled.parameters()):  # Adam turns rounding of ~0 gradients into
+        assert (p - q).norm() <= 1e-3 * p.norm()                  # lr-sized steps on a few entries

@@ -2,7 +2,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..utils.activations import mish
+from ..utils.activations import dropout, mish
 from .base import BaseNNDiffusion
 
 
@@ -17,7 +17,7 @@ class _LNResBlock(nn.Module):
         self.fc2 = nn.Linear(hidden_dim * 4, hidden_dim)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        y = F.dropout(h, self.dropout, True) if self.training and self.dropout > 0 else h
+        y = dropout(h, self.dropout, self.training)
         return h + self.fc2(mish(self.fc1(self.norm(y))))
 
 
