@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-__all__ = ["Episode", "check_n_envs", "run_lockstep", "unbatched"]
+__all__ = ["Episode", "as_batch_policy", "check_n_envs", "run_lockstep", "unbatched"]
 
 
 class Episode(Protocol):
@@ -56,6 +56,18 @@ def unbatched(policy_fn: Callable, reset_fn: Callable[[], None] | None = None):
     """A per-step ``policy_fn(obs) -> action`` as a one-slot batch policy; ``reset_fn`` (default
     ``policy_fn.reset`` if it exists) is called at every episode start."""
     return _Unbatched(policy_fn, reset_fn if reset_fn is not None else getattr(policy_fn, "reset", None))
+
+
+def as_batch_policy(policy_fn: Callable, batched: bool, n_envs, reset_fn: Callable[[], None] | None = None):
+    """(batch policy, n_envs) for an evaluator taking either kind of policy: a batch policy as it is, a
+    per-step ``policy_fn`` through :func:`unbatched` (one environment only: it keeps one episode's state)."""
+    n_envs = check_n_envs(n_envs)
+    if batched:
+        return policy_fn, n_envs
+    if n_envs != 1:
+        raise ValueError("n_envs > 1 needs a batch policy (batched=True): a per-step policy_fn keeps one "
+                         "episode's state")
+    return unbatched(policy_fn, reset_fn), n_envs
 
 
 def run_lockstep(envs: Sequence, n_episodes: int, start: Callable[[Any, int], Episode], policy,

@@ -557,17 +557,12 @@ def evaluate_pusht(
     ``wall_time_s`` and ``episodes`` (per-episode ``reset_seed``, ``success``, ``max_coverage``,
     ``final_coverage``, ``length``).
     """
-    from .lockstep import check_n_envs, run_lockstep, unbatched
+    from .lockstep import as_batch_policy, run_lockstep
 
     n = int(n_episodes)
-    n_envs = check_n_envs(n_envs)
+    policy_fn, n_envs = as_batch_policy(policy_fn, batched, n_envs, reset_fn)
     if int(max_steps) < 1:
         raise ValueError(f"max_steps must be >= 1, got {max_steps}")
-    if not batched:
-        if n_envs != 1:
-            raise ValueError("n_envs > 1 needs a batch policy (batched=True): a per-step policy_fn keeps one "
-                             "episode's state")
-        policy_fn = unbatched(policy_fn, reset_fn)
     seeds = reset_seeds(seed, n, stream=1)
     envs = [make_env("state", max_steps=max_steps) for _ in range(min(n_envs, max(n, 1)))]
     t0 = time.time()

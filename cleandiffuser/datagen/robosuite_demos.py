@@ -847,19 +847,14 @@ def evaluate_policy_robosuite(
     ``mean_length``, ``wall_time_s`` and ``episodes`` (per-episode ``success``, ``length``,
     ``return``).
     """
-    from .lockstep import check_n_envs, run_lockstep, unbatched
+    from .lockstep import as_batch_policy, run_lockstep
 
     spec = task_spec(env_args["env_name"])
     horizon = spec.horizon if horizon is None else int(horizon)
     if horizon < 1:
         raise ValueError(f"horizon must be >= 1, got {horizon}")
     n = int(n_episodes)
-    n_envs = check_n_envs(n_envs)
-    if not batched:
-        if n_envs != 1:
-            raise ValueError("n_envs > 1 needs a batch policy (batched=True): a per-step policy_fn keeps one "
-                             "episode's state")
-        policy_fn = unbatched(policy_fn, reset_fn)
+    policy_fn, n_envs = as_batch_policy(policy_fn, batched, n_envs, reset_fn)
     if env is not None and n_envs != 1:
         raise ValueError("env= gives one environment; leave it out to run n_envs > 1")
     own = env is None

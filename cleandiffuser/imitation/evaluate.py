@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..datagen.lockstep import check_n_envs
 from ..runner.config import ConfigError
 from .checkpoint import CHECKPOINT_FORMAT, find_policy_checkpoint, get_policy
 from .policy import ChunkPolicy, fork_rng, measure_latency_ms
@@ -66,9 +67,15 @@ PUSHT_OBS_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 # ---------------------------------------------------------------------------- evaluators
 def _check_n_envs(n_envs) -> int:
-    if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
-        raise ConfigError(f"n_envs (training.eval_n_envs / --n-envs) must be an integer >= 1, got {n_envs!r}")
-    return n_envs
+    try:
+        return check_n_envs(n_envs)
+    except ValueError:
+        raise ConfigError(f"n_envs (training.eval_n_envs / --n-envs) must be an integer >= 1, got {n_envs!r}") from None
+
+
+def _batch_wrapper(policy: ChunkPolicy, n_envs: int, n_episodes: int) -> BatchPolicyWrapper:
+    """One slot per env that will run: min(n_envs, n_episodes), at least one."""
+    return BatchPolicyWrapper(policy, max(1, min(n_envs, int(n_episodes))))
 
 
 def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int = DEFAULT_EVAL_N_ENVS) -> Evaluator:
@@ -83,7 +90,7 @@ def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int 
         raise ConfigError(f"robosuite rollouts need robosuite: {e}") from None
 
     def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int) -> dict:
-        wrapper = BatchPolicyWrapper(policy, max(1, min(n_envs, int(n_episodes))))
+        wrapper = _batch_wrapper(policy, n_envs, n_episodes)
         return rd.evaluate_policy_robosuite(wrapper, env_args, n_episodes, seed, horizon=horizon,
                                             obs_keys=policy.obs_keys, images=bool(policy.rgb_keys),
                                             n_envs=wrapper.n_envs, batched=True)
@@ -108,7 +115,7 @@ def pusht_evaluator(max_steps: int | None = None, n_envs: int = DEFAULT_EVAL_N_E
         if unknown:
             raise ConfigError(f"Push-T rollouts give the observation keys {list(PUSHT_OBS_KEYS)}; the policy "
                               f"needs {unknown}")
-        wrapper = BatchPolicyWrapper(policy, max(1, min(n_envs, int(n_episodes))))
+        wrapper = _batch_wrapper(policy, n_envs, n_episodes)
 
         def policy_fn(obs_list, slots):
             return wrapper([_pusht_obs(o, policy.obs_keys) for o in obs_list], slots)
@@ -290,7 +297,7 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
     rollout_envs = None  # recorded in the report when the environment's evaluator runs
     if episodes > 0 and evaluate is None:  # n_envs only when given: make_evaluator defaults to the config's
         rollout_envs = eval_n_envs(cfg) if n_envs is None else _check_n_envs(n_envs)
-        evaluate = make_evaluator(cfg) if n_envs is None else make_evaluator(cfg, n_envs=n_envs)
+        evaluate = make_evaluator(cfg) if n_envs is None else make_evaluator(cfg, n_envs=rollout_envs)
     env = task_env(cfg, cfg.task.get("env_args") if "task" in cfg else None)
     say(f"evaluating {ckpt} (step {base.step:,}, {base.kind} {base.policy_cfg['backbone']}) on "
         f"{env or 'no environment'}: {episodes} episodes x seeds {seeds}")

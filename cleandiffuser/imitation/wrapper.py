@@ -26,10 +26,24 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
+from ..datagen.lockstep import check_n_envs
+
 __all__ = ["BatchPolicyWrapper", "PolicyWrapper"]
 
 
-class PolicyWrapper:
+class _ChainingPassThrough:
+    """enable_chaining()/disable_chaining() of the wrapped policy, returning the wrapper (seed API)."""
+
+    def enable_chaining(self, *args, **kwargs):
+        self.policy.enable_chaining(*args, **kwargs)
+        return self
+
+    def disable_chaining(self):
+        self.policy.disable_chaining()
+        return self
+
+
+class PolicyWrapper(_ChainingPassThrough):
     """Wraps a policy with `shape_meta`/`obs_keys`, `n_obs_steps`, `horizon` and
     `predict_action({key: (1, To, ...)}) -> {"action_pred": (1, Tp, A), ...}`.
 
@@ -110,16 +124,9 @@ class PolicyWrapper:
 
     __call__ = get_action
 
-    def enable_chaining(self, *args, **kwargs):
-        self.policy.enable_chaining(*args, **kwargs)
-        return self
-
-    def disable_chaining(self):
-        self.policy.disable_chaining()
-        return self
 
 
-class BatchPolicyWrapper:
+class BatchPolicyWrapper(_ChainingPassThrough):
     """PolicyWrapper for `n_envs` environment slots stepping in lockstep.
 
     Each slot keeps its own observation history (padded at its episode start) and chunk, exactly
@@ -134,8 +141,7 @@ class BatchPolicyWrapper:
     """
 
     def __init__(self, policy, n_envs: int, n_obs: int | None = None, n_acts: int | None = None, device=None):
-        if isinstance(n_envs, bool) or not isinstance(n_envs, int) or n_envs < 1:
-            raise ValueError(f"n_envs must be an integer >= 1, got {n_envs!r}")
+        check_n_envs(n_envs)
         self.policy = policy
         self.slots = [PolicyWrapper(policy, n_obs=n_obs, n_acts=n_acts, device=device) for _ in range(n_envs)]
         first = self.slots[0]
@@ -190,10 +196,3 @@ class BatchPolicyWrapper:
             w._set_chunk(p)
         self.n_calls += 1
 
-    def enable_chaining(self, *args, **kwargs):
-        self.policy.enable_chaining(*args, **kwargs)
-        return self
-
-    def disable_chaining(self):
-        self.policy.disable_chaining()
-        return self
