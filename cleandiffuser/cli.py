@@ -182,7 +182,8 @@ def add_run_commands(sub) -> None:
     ev.add_argument("--chaining", action="store_true", help="imitation runs (ctm students): evaluate with "
                                                             "multistep chaining at policy.chaining_times")
     ev.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds")
-    ev.add_argument("--n-envs", type=int, help="vectorized environments")
+    ev.add_argument("--n-envs", type=int, help="vectorized environments (imitation runs: environments stepped in "
+                                               "lockstep, one batched policy call per step)")
     ev.add_argument("--device", help="cpu, cuda, ...")
     ev.set_defaults(func=_eval)
 

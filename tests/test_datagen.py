@@ -207,15 +207,17 @@ def test_cli_make_and_info(mujoco_env, tmp_path, monkeypatch, capsys):
 
 
 def test_shipped_policies_make_medium_and_expert_data_without_a_run(mujoco_env, tmp_path, monkeypatch):
-    """A fresh checkout regenerates halfcheetah-medium and -expert from the snapshots shipped in the package."""
+    """A fresh checkout regenerates the medium and expert data from the snapshots shipped in the package."""
     from cleandiffuser.datagen.generate import make_dataset, shipped_policy
 
     monkeypatch.chdir(tmp_path)  # no runs/behaviour here
-    # 2 episodes each: medium at about 40 normalized score, expert at about 76 (random is ~0)
-    for kind, lo, hi in (("medium", 25, 55), ("expert", 65, 90)):
-        path = shipped_policy("halfcheetah", kind)
+    # 2000 steps each. HalfCheetah: 2 episodes, medium ~40 normalized, expert ~76; Hopper medium: a few episodes
+    # of 1567 +- 738 (~49); random data scores ~0 on both.
+    for env, kind, lo, hi in (("halfcheetah", "medium", 25, 55), ("halfcheetah", "expert", 65, 90),
+                              ("hopper", "medium", 15, 100)):
+        path = shipped_policy(env, kind)
         assert path is not None and path.is_file() and path.stat().st_size < 1_000_000
-        out = make_dataset(f"halfcheetah-{kind}-cd-v0", out=tmp_path / f"{kind}.hdf5", steps=2000, progress=False,
+        out = make_dataset(f"{env}-{kind}-cd-v0", out=tmp_path / f"{env}-{kind}.hdf5", steps=2000, progress=False,
                            log=None)
         meta = read_d4rl_hdf5(out)["metadata"]
         assert meta["behaviour_policy"] == f"shipped snapshot {path.name}"

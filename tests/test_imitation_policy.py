@@ -1,12 +1,12 @@
-"""Chunked-action policies: PolicyWrapper's observation history and replanning, the Consistency
-Policy student (warm start, CTM + DSM training, one-step sampling, chaining) on a small bimodal
+"""Chunked-action policies: PolicyWrapper's (and BatchPolicyWrapper's) observation history and replanning,
+the Consistency Policy student (warm start, CTM + DSM training, one-step sampling, chaining) on a small bimodal
 chunk task, the transformer backbone, and get_policy checkpoints."""
 import numpy as np
 import pytest
 import torch
 
 from cleandiffuser.dataset import LinearNormalizer, MinMaxNormalizer
-from cleandiffuser.imitation import ChunkPolicy, PolicyWrapper, get_policy, save_policy
+from cleandiffuser.imitation import BatchPolicyWrapper, ChunkPolicy, PolicyWrapper, get_policy, save_policy
 from cleandiffuser.nn_diffusion import ChiTransformer
 from cleandiffuser.runner.config import ConfigError
 
@@ -79,6 +79,75 @@ def test_policy_wrapper_checks_its_arguments():
     assert pw.n_acts == 10 and pw.n_obs == 3
     with pytest.raises(KeyError, match="cam"):
         pw.get_action({"pos": np.zeros(2)})
+
+
+class HistoryPolicy(FakePolicy):
+    """Deterministic and batched: action_pred[b, t] = 100 * code(history of b) + t, where code packs the
+    newest `pos[0]` values of the history, so an action tells which history its chunk came from."""
+
+    def predict_action(self, obs):
+        self.calls.append({k: v.clone() for k, v in obs.items()})
+        h = obs["pos"][:, :, 0].to(torch.float64)  # (B, To)
+        code = h @ torch.tensor([1e6, 1e3, 1.0], dtype=torch.float64)
+        pred = (100.0 * code[:, None] + torch.arange(self.horizon, dtype=torch.float64))[..., None]
+        return {"action_pred": pred}
+
+
+def test_batch_policy_wrapper_per_slot_history_and_replanning():
+    """Slots 0 and 1 start at step 0, slot 2 joins at step 2, slot 1 starts a new episode at step 6: each
+    slot's history is padded at its own start and it replans after ITS n_acts=4 actions; the slots due at
+    the same step share one batched call; every slot gets what a PolicyWrapper of its own would give."""
+    fake = HistoryPolicy()
+    bw = BatchPolicyWrapper(fake, n_envs=3, n_acts=4)
+    live = {0: range(10), 1: range(10), 2: range(2, 10)}
+    episode = {0: 0, 1: 0, 2: 0}
+    refs = {s: PolicyWrapper(HistoryPolicy(), n_acts=4) for s in live}
+
+    def obs(slot, t):  # pos[0] < 1000, distinct per slot, step and episode
+        return frame(100 * slot + 50 * episode[slot] + t)
+
+    for t in range(10):
+        if t == 6:  # slot 1's episode ended after step 5; the next one starts here
+            episode[1] = 1
+            bw.reset(1)
+            refs[1].reset()
+        slots = [s for s in live if t in live[s]]
+        actions = bw([obs(s, t) for s in slots], slots)
+        assert actions.shape == (len(slots), 1)
+        for s, a in zip(slots, actions):
+            assert float(a[0]) == float(refs[s].get_action(obs(s, t))[0]), (t, s)
+    # one call per step at which some slot replans, batching the slots due then
+    assert bw.n_calls == len(fake.calls) == 5
+    assert [c["pos"].shape[0] for c in fake.calls] == [2, 1, 2, 2, 1]  # steps 0 {0,1}, 2 {2}, 4 {0,1}, 6 {1,2}, 8 {0}
+    hist = [c["pos"][:, :, 0].tolist() for c in fake.calls]
+    assert hist[0] == [[0, 0, 0], [100, 100, 100]]  # padded by repeating each slot's first observation
+    assert hist[1] == [[202, 202, 202]]  # slot 2's episode starts at step 2
+    assert hist[2] == [[2, 3, 4], [102, 103, 104]]
+    assert hist[3] == [[156, 156, 156], [204, 205, 206]]  # slot 1 after its reset: padded again
+    assert hist[4] == [[6, 7, 8]]
+    assert bw.n_predictions == [3, 1, 2]
+    assert bw.observation_history(2)["pos"][:, 0].tolist() == [207, 208, 209]
+    assert set(fake.calls[0]) == {"pos", "cam"} and fake.calls[0]["cam"].shape == (2, 3, 4, 5, 3)
+
+
+def test_batch_policy_wrapper_checks_its_arguments():
+    fake = HistoryPolicy()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="n_envs"):
+            BatchPolicyWrapper(fake, n_envs=bad)
+    with pytest.raises(ValueError, match="n_acts"):
+        BatchPolicyWrapper(fake, n_envs=2, n_acts=11)
+    bw = BatchPolicyWrapper(fake, n_envs=2)
+    assert bw.n_obs == 3 and bw.n_acts == 4
+    with pytest.raises(IndexError, match="slot 2"):
+        bw([frame(0)], [2])
+    with pytest.raises(ValueError, match="distinct"):
+        bw([frame(0), frame(1)], [1, 1])
+    with pytest.raises(ValueError, match="2 observations for 1 slots"):
+        bw([frame(0), frame(1)], [0])
+    with pytest.raises(KeyError, match="cam"):
+        bw([{"pos": np.zeros(2)}])
+    assert bw([frame(0), frame(1)]).shape == (2, 1)  # slots default to 0 .. len(obs)-1
 
 
 # --------------------------------------------------------------------------- a bimodal chunk task

@@ -284,6 +284,11 @@ def test_pusht_configs_transformer_backbone_and_real_short_rollouts(tmp_path, ca
     assert "max coverage" in printed and "| heun bins=2 | 3 |" in printed
     (row,) = json.loads((run / "eval" / "step_00000004" / "report.json").read_text())["rows"]
     assert row["episodes"] == 2 and len(row["per_seed"]) == 2 and "max_coverage_se" in row
+    # --n-envs: environments stepped in lockstep (a deterministic policy's episodes do not depend on it)
+    assert cli_main(["eval", str(run), "--episodes", "2", "--n-envs", "2", "--device", "cpu"]) == 0
+    assert json.loads((run / "eval" / "step_00000004" / "report.json").read_text())["n_envs"] == 2
+    assert cli_main(["eval", str(run), "--episodes", "2", "--n-envs", "0", "--device", "cpu"]) == 2
+    assert "n_envs" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="needs"):  # Push-T gives state / agent_pos observations only
         policy = get_policy(run, device="cpu")
         policy.obs_keys = ["keypoint"]

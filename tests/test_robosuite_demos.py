@@ -89,6 +89,47 @@ def test_evaluate_policy_generic(lift_file):
     assert seen[0] == ["object", "robot0_eef_pos"]
 
 
+class LoggingPolicy:
+    """Deterministic batch policy (move the gripper towards the object) that logs the observations of
+    each episode (episodes start in index order, one reset(slot) each)."""
+
+    def __init__(self, n_envs):
+        self.episode_of = [None] * n_envs
+        self.seen = []
+
+    def reset(self, slot):
+        self.episode_of[slot] = len(self.seen)
+        self.seen.append([])
+
+    def __call__(self, obs_list, slots):
+        out = []
+        for o, s in zip(obs_list, slots):
+            self.seen[self.episode_of[s]].append(np.concatenate([o["object"], o["robot0_eef_pos"]]))
+            d = np.clip(10 * (o["object"][:3] - o["robot0_eef_pos"]), -1, 1)
+            out.append(np.concatenate([d, np.zeros(3), [-1.0]]))
+        return out
+
+
+def test_lockstep_evaluation_does_not_depend_on_n_envs(lift_file):
+    """Each episode is reset from its own seed (env.rng re-seeded), so it does not matter which env runs it
+    or what that env ran before."""
+    env_args = read_robomimic_hdf5(lift_file[0]).env_args
+    runs = {}
+    for n_envs in (1, 2):
+        policy = LoggingPolicy(n_envs)
+        res = rd.evaluate_policy_robosuite(policy, env_args, n_episodes=2, seed=3, horizon=3, n_envs=n_envs,
+                                           batched=True, obs_keys=["object", "robot0_eef_pos"])
+        assert res["n_episodes"] == 2 and [e["length"] for e in res["episodes"]] == [3, 3]
+        runs[n_envs] = (res, policy.seen)
+    (one, seen1), (two, seen2) = runs[1], runs[2]
+    assert one["episodes"] == two["episodes"]
+    for a, b in zip(seen1, seen2):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+    assert not np.allclose(seen1[0][0], seen1[1][0])  # the episodes start differently
+    with pytest.raises(ValueError, match="batch policy"):
+        rd.evaluate_policy_robosuite(lambda o: np.zeros(7), env_args, n_episodes=2, seed=0, n_envs=2)
+
+
 def test_task_names():
     assert rd.task_spec("can").env_name == "PickPlaceCan"
     assert rd.task_spec("NutAssemblySquare").horizon == 400

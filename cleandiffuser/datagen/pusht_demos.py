@@ -31,7 +31,7 @@ This module provides
   with ``images=True``, ``img (T, 96, 96, 3)`` (float32 in [0, 255], as in DP's file). Row
   ``t`` holds the observation *before* action ``t``.
 * :func:`evaluate_pusht` - success rate and max coverage (+- standard errors) of any
-  ``policy_fn(obs (5,)) -> action (2,)``.
+  ``policy_fn(obs (5,)) -> action (2,)``, or of a batch policy on ``n_envs`` envs stepping in lockstep.
 * :func:`replay_actions` - reset with a seed and replay actions (reproduces a demo exactly).
 
 Install: ``pip install 'gym-pusht>=0.1.8,<0.2'`` (tested 0.1.8; pulls pymunk<7, pygame, shapely, opencv-python;
@@ -363,6 +363,41 @@ class ScriptedPusher:
 
 
 # ---------------------------------------------------------------------------- rollouts
+class _Episode:
+    """One Push-T episode from ``env.reset(seed=reset_seed)``, stepped one action at a time
+    (:func:`run_episode` and the lockstep rollouts of :func:`evaluate_pusht` share it)."""
+
+    def __init__(self, env, reset_seed: int, max_steps: int = MAX_STEPS, record: bool = False):
+        self.env, self.max_steps, self.rec = env, int(max_steps), record
+        self.obs, self.info = env.reset(seed=int(reset_seed))
+        self.states, self.actions, self.contacts = [], [], []
+        self.max_cov, self.cov, self.success, self.t = 0.0, 0.0, False, 0
+
+    def step(self, action) -> bool:
+        """Apply one action (cast to float32, as stored); True when the episode is over."""
+        a = np.asarray(action, dtype=np.float64).reshape(2).astype(np.float32)
+        if self.rec:
+            self.states.append(np.asarray(self.obs, dtype=np.float64))
+            self.actions.append(a)
+            self.contacts.append(self.info.get("n_contacts", 0))
+        self.obs, _, terminated, truncated, self.info = self.env.step(a)
+        self.t += 1
+        self.cov = float(self.info["coverage"])
+        self.max_cov = max(self.max_cov, self.cov)
+        self.success = bool(terminated)
+        return bool(terminated or truncated) or self.t >= self.max_steps
+
+    def record(self) -> dict:
+        out = {"success": self.success, "max_coverage": self.max_cov, "final_coverage": self.cov, "length": self.t}
+        if self.rec:
+            st = np.asarray(self.states, dtype=np.float64)
+            out["state"] = st.astype(np.float32)
+            out["action"] = np.asarray(self.actions, dtype=np.float32)
+            out["keypoint"] = block_keypoints(st).astype(np.float32)
+            out["n_contacts"] = np.asarray(self.contacts, dtype=np.float32).reshape(-1, 1)
+        return out
+
+
 def run_episode(env, policy_fn: Callable[[np.ndarray], np.ndarray], reset_seed: int, max_steps: int = MAX_STEPS,
                 record: bool = False) -> dict:
     """One episode from ``env.reset(seed=reset_seed)`` (a ``obs_type="state"`` env); stops on
@@ -374,31 +409,11 @@ def run_episode(env, policy_fn: Callable[[np.ndarray], np.ndarray], reset_seed: 
     ``action (T, 2)``, ``keypoint (T, 9, 2)``, ``n_contacts (T, 1)`` (float32; ``n_contacts``
     of row t is the env's count over the step that led to observation t, as in DP's recorder).
     """
-    obs, info = env.reset(seed=int(reset_seed))
-    states, actions, contacts = [], [], []
-    max_cov, cov, success, t = 0.0, 0.0, False, 0
-    for t in range(1, int(max_steps) + 1):
-        a = np.asarray(policy_fn(obs), dtype=np.float64).reshape(2).astype(np.float32)
-        if record:
-            states.append(np.asarray(obs, dtype=np.float64))
-            actions.append(a)
-            contacts.append(info.get("n_contacts", 0))
-        obs, _, terminated, truncated, info = env.step(a)
-        cov = float(info["coverage"])
-        max_cov = max(max_cov, cov)
-        if terminated:
-            success = True
-            break
-        if truncated:
-            break
-    out = {"success": success, "max_coverage": max_cov, "final_coverage": cov, "length": t}
-    if record:
-        st = np.asarray(states, dtype=np.float64)
-        out["state"] = st.astype(np.float32)
-        out["action"] = np.asarray(actions, dtype=np.float32)
-        out["keypoint"] = block_keypoints(st).astype(np.float32)
-        out["n_contacts"] = np.asarray(contacts, dtype=np.float32).reshape(-1, 1)
-    return out
+    ep = _Episode(env, reset_seed, max_steps, record)
+    if int(max_steps) > 0:
+        while not ep.step(policy_fn(ep.obs)):
+            pass
+    return ep.record()
 
 
 def replay_actions(actions: np.ndarray, reset_seed: int, env=None, obs_type: str = "state") -> dict:
@@ -515,18 +530,26 @@ def generate_pusht_demos(
 
 
 def evaluate_pusht(
-    policy_fn: Callable[[np.ndarray], np.ndarray],
+    policy_fn: Callable,
     n_episodes: int,
     seed: int,
     max_steps: int = MAX_STEPS,
     *,
     reset_fn: Callable[[], None] | None = None,
+    n_envs: int = 1,
+    batched: bool = False,
     verbose: bool = False,
 ) -> dict:
     """Roll out ``policy_fn(obs (5,)) -> action (2,)`` (state observations) for ``n_episodes``
-    episodes from ``reset_seeds(seed, n, stream=1)``; an episode succeeds when coverage > 0.95
-    (the env terminates there) within ``max_steps`` steps. ``reset_fn`` (or ``policy_fn.reset``
-    if it exists) is called before each episode. Deterministic for a seed if the policy is.
+    episodes; episode ``i`` starts from ``env.reset(seed=reset_seeds(seed, n, stream=1)[i])``. An
+    episode succeeds when coverage > 0.95 (the env terminates there) within ``max_steps`` steps.
+    ``reset_fn`` (or ``policy_fn.reset`` if it exists) is called before each episode.
+
+    With ``batched=True``, ``policy_fn`` is a batch policy (:mod:`cleandiffuser.datagen.lockstep`:
+    ``policy_fn(obs_list, slots) -> actions``, optional ``policy_fn.reset(slot)``) and
+    ``min(n_envs, n_episodes)`` environments step in lockstep, the policy called once per step for all
+    of them; a per-step ``policy_fn`` runs one environment (``n_envs=1``). Deterministic for a seed if
+    the policy is, and then independent of ``n_envs``.
 
     Returns ``success_rate``, ``success_se`` (binomial standard error), ``mean_max_coverage``,
     ``max_coverage_se``, ``mean_max_reward`` / ``max_reward_se`` (reward = min(coverage / 0.95,
@@ -534,22 +557,25 @@ def evaluate_pusht(
     ``wall_time_s`` and ``episodes`` (per-episode ``reset_seed``, ``success``, ``max_coverage``,
     ``final_coverage``, ``length``).
     """
+    from .lockstep import as_batch_policy, run_lockstep
+
     n = int(n_episodes)
-    if reset_fn is None:
-        reset_fn = getattr(policy_fn, "reset", None)
-    env = make_env("state", max_steps=max_steps)
+    policy_fn, n_envs = as_batch_policy(policy_fn, batched, n_envs, reset_fn)
+    if int(max_steps) < 1:
+        raise ValueError(f"max_steps must be >= 1, got {max_steps}")
+    seeds = reset_seeds(seed, n, stream=1)
+    envs = [make_env("state", max_steps=max_steps) for _ in range(min(n_envs, max(n, 1)))]
     t0 = time.time()
-    episodes = []
-    for i, rseed in enumerate(reset_seeds(seed, n, stream=1)):
-        if reset_fn is not None:
-            reset_fn()
-        ep = run_episode(env, policy_fn, rseed, max_steps=max_steps)
-        ep["reset_seed"] = rseed
-        episodes.append(ep)
+
+    def done(i, ep):
+        ep["reset_seed"] = seeds[i]
         if verbose:
             print(f"episode {i}: success={ep['success']} max_coverage={ep['max_coverage']:.3f} "
                   f"length={ep['length']}", file=sys.stderr, flush=True)
-    env.close()
+
+    episodes = run_lockstep(envs, n, lambda env, i: _Episode(env, seeds[i], max_steps), policy_fn, on_done=done)
+    for env in envs:
+        env.close()
     s = np.array([e["success"] for e in episodes], dtype=float)
     mc = np.array([e["max_coverage"] for e in episodes], dtype=float)
     mr = np.clip(mc / SUCCESS_THRESHOLD, 0.0, 1.0)  # the env's reward; its max is DP's Push-T score

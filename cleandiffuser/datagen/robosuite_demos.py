@@ -15,7 +15,8 @@ episodes are kept.
 * :func:`make_env` - rebuild the environment from a file's ``env_args``.
 * :func:`replay_demo` - reset to a demo's first state and replay its actions.
 * :func:`evaluate_policy_robosuite` - success rate (+- standard error) of any
-  ``policy_fn(obs_dict) -> action (7,)``.
+  ``policy_fn(obs_dict) -> action (7,)``, or of a batch policy on ``n_envs`` envs stepping in lockstep
+  (episode ``i`` reset from its own seed, :func:`reset_episode`).
 
 Tasks (robomimic names in brackets): ``Lift`` [lift], ``PickPlaceCan`` [can],
 ``NutAssemblySquare`` [square].
@@ -62,12 +63,14 @@ __all__ = [
     "ScriptedCan",
     "ScriptedLift",
     "ScriptedSquare",
+    "episode_seed",
     "evaluate_policy_robosuite",
     "generate_demos",
     "make_env",
     "make_env_args",
     "render_images_from_states",
     "replay_demo",
+    "reset_episode",
     "reset_to",
     "robomimic_obs",
     "run_scripted_episode",
@@ -772,8 +775,44 @@ def replay_demo(env_args: Mapping[str, Any], demo: Mapping[str, Any], *, env=Non
     return out
 
 
+def episode_seed(seed: int, i: int) -> int:
+    """Reset seed of evaluation episode ``i`` under ``seed`` (see :func:`evaluate_policy_robosuite`)."""
+    return int(np.random.SeedSequence([int(seed), 1, int(i)]).generate_state(1)[0])
+
+
+def reset_episode(env, seed: int) -> dict:
+    """``env.reset()`` with the env's RNG re-seeded to ``seed`` first, so the episode's start (object
+    model and placement, robot init noise: all drawn from ``env.rng``) depends on ``seed`` alone, not on
+    the episodes the env ran before. The Generator is re-seeded in place because the placement sampler
+    and the robots hold the same object. Returns the raw observation."""
+    env.rng.bit_generator.state = np.random.default_rng(int(seed)).bit_generator.state
+    return env.reset()
+
+
+class _Episode:
+    """One evaluation episode (``success`` = ``env._check_success()`` at any step, which ends it)."""
+
+    def __init__(self, env, seed: int, horizon: int, obs_keys: Sequence[str] | None):
+        self.env, self.horizon, self.obs_keys = env, int(horizon), obs_keys
+        self.obs = robomimic_obs(reset_episode(env, seed), obs_keys)
+        self.ret, self.success, self.t = 0.0, False, 0
+
+    def step(self, action) -> bool:
+        raw, r, _, _ = self.env.step(np.asarray(action, dtype=np.float64).reshape(-1))
+        self.t += 1
+        self.ret += float(r)
+        self.success = bool(self.env._check_success())
+        done = self.success or self.t >= self.horizon
+        if not done:  # the policy acts on it next
+            self.obs = robomimic_obs(raw, self.obs_keys)
+        return done
+
+    def record(self) -> dict:
+        return {"success": self.success, "length": self.t, "return": self.ret}
+
+
 def evaluate_policy_robosuite(
-    policy_fn: Callable[[dict], np.ndarray],
+    policy_fn: Callable,
     env_args: Mapping[str, Any],
     n_episodes: int,
     seed: int,
@@ -783,6 +822,8 @@ def evaluate_policy_robosuite(
     images: bool | None = None,
     reset_fn: Callable[[], None] | None = None,
     env=None,
+    n_envs: int = 1,
+    batched: bool = False,
     verbose: bool = False,
 ) -> dict:
     """Roll out ``policy_fn(obs) -> action (7,)`` for ``n_episodes`` episodes.
@@ -791,38 +832,44 @@ def evaluate_policy_robosuite(
     ``obs_keys`` (all recorded keys when None). An episode succeeds when ``env._check_success()``
     holds at any step (robomimic's rule; the episode stops there) within ``horizon`` steps
     (default: the task's). ``reset_fn`` (or ``policy_fn.reset`` if it exists) is called before
-    each episode. Deterministic for a seed if the policy is.
+    each episode. Episode ``i`` starts from :func:`reset_episode` with ``episode_seed(seed, i)``
+    (the env's RNG re-seeded per episode), so it does not depend on which env runs it or what that
+    env ran before.
+
+    With ``batched=True``, ``policy_fn`` is a batch policy (:mod:`cleandiffuser.datagen.lockstep`:
+    ``policy_fn(obs_list, slots) -> actions``, optional ``policy_fn.reset(slot)``) and
+    ``min(n_envs, n_episodes)`` env instances (built in this process) step in lockstep, the policy
+    called once per step for all of them; a per-step ``policy_fn`` runs one env (``n_envs=1``).
+    ``env``: an env to use instead of building one (``n_envs=1`` only). Deterministic for a seed if
+    the policy is, and then independent of ``n_envs``.
 
     Returns ``success_rate``, ``success_se`` (binomial standard error), ``n_episodes``,
     ``mean_length``, ``wall_time_s`` and ``episodes`` (per-episode ``success``, ``length``,
     ``return``).
     """
+    from .lockstep import as_batch_policy, run_lockstep
+
     spec = task_spec(env_args["env_name"])
     horizon = spec.horizon if horizon is None else int(horizon)
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1, got {horizon}")
+    n = int(n_episodes)
+    policy_fn, n_envs = as_batch_policy(policy_fn, batched, n_envs, reset_fn)
+    if env is not None and n_envs != 1:
+        raise ValueError("env= gives one environment; leave it out to run n_envs > 1")
     own = env is None
-    if own:
-        env = make_env(env_args, seed=seed, images=images)
-    if reset_fn is None:
-        reset_fn = getattr(policy_fn, "reset", None)
+    envs = [make_env(env_args, seed=seed, images=images) for _ in range(min(n_envs, n))] if own else [env]
     t0 = time.time()
-    episodes = []
-    for i in range(int(n_episodes)):
-        raw = env.reset()
-        if reset_fn is not None:
-            reset_fn()
-        ret, success, t = 0.0, False, 0
-        for t in range(1, horizon + 1):
-            a = np.asarray(policy_fn(robomimic_obs(raw, obs_keys)), dtype=np.float64).reshape(-1)
-            raw, r, _, _ = env.step(a)
-            ret += float(r)
-            if env._check_success():
-                success = True
-                break
-        episodes.append({"success": success, "length": t, "return": ret})
+
+    def done(i, ep):
         if verbose:
-            print(f"episode {i}: success={success} length={t}", file=sys.stderr, flush=True)
+            print(f"episode {i}: success={ep['success']} length={ep['length']}", file=sys.stderr, flush=True)
+
+    episodes = run_lockstep(envs, n, lambda e, i: _Episode(e, episode_seed(seed, i), horizon, obs_keys), policy_fn,
+                            on_done=done)
     if own:
-        env.close()
+        for e in envs:
+            e.close()
     s = np.array([e["success"] for e in episodes], dtype=float)
     n = max(len(s), 1)
     p = float(s.mean()) if len(s) else 0.0

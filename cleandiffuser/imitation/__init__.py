@@ -2,7 +2,8 @@
 
 Consistency Policy (Prasad et al., RSS 2024) on top of Diffusion Policy's conventions: train an EDM
 teacher (`policy.kind=edm`), distil a one-step CTM student from it (`policy.kind=ctm`), or train the
-DDPM/DDIM baseline (`policy.kind=ddim`); deploy with `get_policy` and `PolicyWrapper`.
+DDPM/DDIM baseline (`policy.kind=ddim`); deploy with `get_policy` and `PolicyWrapper` (`BatchPolicyWrapper`:
+several environments in lockstep).
 
     from cleandiffuser.imitation import get_policy, PolicyWrapper
     policy = get_policy("runs/imitation/ctmp_lift")       # run directory or .ckpt file
@@ -27,9 +28,10 @@ from .train import (
                     run_from_cli,
                     train_imitation,
 )
-from .wrapper import PolicyWrapper
+from .wrapper import BatchPolicyWrapper, PolicyWrapper
 
 __all__ = [
+                    "BatchPolicyWrapper",
                     "ChunkPolicy",
                     "ObsEncoder",
                     "PolicyWrapper",

@@ -120,6 +120,8 @@ def check_imitation_config(cfg: DictConfig, source: str = "config") -> None:
         if key not in cfg.training:
             raise ConfigError(f"{source}: training.{key} is missing")
         _int(cfg.training[key], f"training.{key}", minimum)
+    if cfg.training.get("eval_n_envs") is not None:  # optional: runs saved before it existed lack it
+        _int(cfg.training.eval_n_envs, "training.eval_n_envs", 1)
     for key, minimum in LOGGING_INTS.items():
         if key not in cfg.logging:
             raise ConfigError(f"{source}: logging.{key} is missing")

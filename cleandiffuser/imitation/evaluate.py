@@ -12,6 +12,13 @@ An *evaluator* is ``evaluate(policy, n_episodes, seed) -> {"success_rate", "succ
   5-d observation) and ``agent_pos`` (its first two numbers);
 * null - robosuite when the dataset records env_args.
 
+Rollouts are batched: ``training.eval_n_envs`` (default 10; ``--n-envs`` of ``cleandiffuser eval``)
+environments step in lockstep and a :class:`~cleandiffuser.imitation.wrapper.BatchPolicyWrapper` calls
+the policy once per step on the observation histories of the envs whose chunk is used up; finished envs
+take the next pending episode. Episode ``i`` starts from its own seed, so for a deterministic policy the
+per-episode results do not depend on the number of envs (a sampling policy's noise draws do).
+The latency (``ms_per_chunk``) stays a batch-1 measurement.
+
     report = evaluate_run_imitation("runs/imitation/ctmp_pusht", ["policy.chaining_times=[0,20,40]"],
                                     episodes=50, seeds=[0, 1], chaining="both")
 """
@@ -26,12 +33,14 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from ..datagen.lockstep import check_n_envs
 from ..runner.config import ConfigError
 from .checkpoint import CHECKPOINT_FORMAT, find_policy_checkpoint, get_policy
 from .policy import ChunkPolicy, fork_rng, measure_latency_ms
-from .wrapper import PolicyWrapper
+from .wrapper import BatchPolicyWrapper
 
 __all__ = [
+    "DEFAULT_EVAL_N_ENVS",
     "PUSHT_OBS_KEYS",
     "Evaluator",
     "eval_from_cli",
@@ -46,6 +55,9 @@ __all__ = [
 
 Evaluator = Callable[[ChunkPolicy, int, int], dict]
 
+#: environments stepped side by side in rollouts when training.eval_n_envs is not set
+DEFAULT_EVAL_N_ENVS = 10
+
 #: Push-T observation keys a policy may use: computed from the env's state observation (5,)
 PUSHT_OBS_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "state": lambda s: s,           # [agent_x, agent_y, block_x, block_y, block_angle]
@@ -54,9 +66,23 @@ PUSHT_OBS_KEYS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 
 
 # ---------------------------------------------------------------------------- evaluators
-def robosuite_evaluator(env_args: dict, horizon: int | None = None) -> Evaluator:
-    """evaluate(policy, n_episodes, seed) -> success rate +- SE of the policy (through PolicyWrapper)
-    in the robosuite env `env_args` (cleandiffuser.datagen.robosuite_demos)."""
+def _check_n_envs(n_envs) -> int:
+    try:
+        return check_n_envs(n_envs)
+    except ValueError:
+        raise ConfigError(f"n_envs (training.eval_n_envs / --n-envs) must be an integer >= 1, got {n_envs!r}") from None
+
+
+def _batch_wrapper(policy: ChunkPolicy, n_envs: int, n_episodes: int) -> BatchPolicyWrapper:
+    """One slot per env that will run: min(n_envs, n_episodes), at least one."""
+    return BatchPolicyWrapper(policy, max(1, min(n_envs, int(n_episodes))))
+
+
+def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int = DEFAULT_EVAL_N_ENVS) -> Evaluator:
+    """evaluate(policy, n_episodes, seed) -> success rate +- SE of the policy in the robosuite env
+    `env_args` (cleandiffuser.datagen.robosuite_demos): min(n_envs, n_episodes) env instances step in
+    lockstep through a BatchPolicyWrapper (one predict_action call per step for the envs that replan)."""
+    n_envs = _check_n_envs(n_envs)
     try:
         from ..datagen import robosuite_demos as rd
         rd._import_robosuite()
@@ -64,16 +90,19 @@ def robosuite_evaluator(env_args: dict, horizon: int | None = None) -> Evaluator
         raise ConfigError(f"robosuite rollouts need robosuite: {e}") from None
 
     def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int) -> dict:
-        wrapper = PolicyWrapper(policy)
+        wrapper = _batch_wrapper(policy, n_envs, n_episodes)
         return rd.evaluate_policy_robosuite(wrapper, env_args, n_episodes, seed, horizon=horizon,
-                                            obs_keys=policy.obs_keys, images=bool(policy.rgb_keys))
+                                            obs_keys=policy.obs_keys, images=bool(policy.rgb_keys),
+                                            n_envs=wrapper.n_envs, batched=True)
     return evaluate
 
 
-def pusht_evaluator(max_steps: int | None = None) -> Evaluator:
+def pusht_evaluator(max_steps: int | None = None, n_envs: int = DEFAULT_EVAL_N_ENVS) -> Evaluator:
     """evaluate(policy, n_episodes, seed) -> success rate +- SE and mean max coverage +- SE of the
-    policy (through PolicyWrapper) on gym-pusht's Push-T with state observations
-    (cleandiffuser.datagen.pusht_demos.evaluate_pusht; episodes end at success or `max_steps`, default 300)."""
+    policy on gym-pusht's Push-T with state observations (cleandiffuser.datagen.pusht_demos.evaluate_pusht;
+    episodes end at success or `max_steps`, default 300): min(n_envs, n_episodes) envs step in lockstep
+    through a BatchPolicyWrapper (one predict_action call per step for the envs that replan)."""
+    n_envs = _check_n_envs(n_envs)
     try:
         from ..datagen import pusht_demos as pd
         pd._import_gym_pusht()
@@ -86,15 +115,20 @@ def pusht_evaluator(max_steps: int | None = None) -> Evaluator:
         if unknown:
             raise ConfigError(f"Push-T rollouts give the observation keys {list(PUSHT_OBS_KEYS)}; the policy "
                               f"needs {unknown}")
-        wrapper = PolicyWrapper(policy)
+        wrapper = _batch_wrapper(policy, n_envs, n_episodes)
 
-        def policy_fn(obs):
-            s = np.asarray(obs, dtype=np.float32)
-            return wrapper.get_action({k: PUSHT_OBS_KEYS[k](s) for k in policy.obs_keys})
+        def policy_fn(obs_list, slots):
+            return wrapper([_pusht_obs(o, policy.obs_keys) for o in obs_list], slots)
 
         policy_fn.reset = wrapper.reset
-        return pd.evaluate_pusht(policy_fn, n_episodes, seed, max_steps=steps)
+        return pd.evaluate_pusht(policy_fn, n_episodes, seed, max_steps=steps, n_envs=wrapper.n_envs, batched=True)
     return evaluate
+
+
+def _pusht_obs(obs, keys) -> dict:
+    """The policy's observation dict from Push-T's state observation (5,)."""
+    s = np.asarray(obs, dtype=np.float32)
+    return {k: PUSHT_OBS_KEYS[k](s) for k in keys}
 
 
 def _dataset_env_args(path) -> dict | None:
@@ -118,9 +152,18 @@ def task_env(cfg, env_args: Mapping | None = None) -> str | None:
     return env or ("robosuite" if env_args else None)
 
 
-def make_evaluator(cfg, env_args: Mapping | None = None) -> Evaluator:
+def eval_n_envs(cfg) -> int:
+    """training.eval_n_envs of a run config (DEFAULT_EVAL_N_ENVS when absent, e.g. in older runs)."""
+    tr = cfg.get("training") or {}
+    n = tr.get("eval_n_envs")
+    return DEFAULT_EVAL_N_ENVS if n is None else _check_n_envs(n)
+
+
+def make_evaluator(cfg, env_args: Mapping | None = None, n_envs: int | None = None) -> Evaluator:
     """The evaluator for a run config (see the module docstring). `env_args`: the dataset's
-    (default: task.env_args, else read from task.dataset_path when it is a robomimic file)."""
+    (default: task.env_args, else read from task.dataset_path when it is a robomimic file).
+    `n_envs`: environments stepped in lockstep (default training.eval_n_envs, else 10)."""
+    n_envs = eval_n_envs(cfg) if n_envs is None else _check_n_envs(n_envs)
     task = cfg.task
     if task.get("env_args"):
         env_args = OmegaConf.to_container(task.env_args, resolve=True) if OmegaConf.is_config(task.env_args) \
@@ -131,11 +174,11 @@ def make_evaluator(cfg, env_args: Mapping | None = None) -> Evaluator:
     env = task_env(cfg, env_args)
     horizon = task.get("rollout_horizon")
     if env == "pusht":
-        return pusht_evaluator(horizon)
+        return pusht_evaluator(horizon, n_envs)
     if env == "robosuite":
         if not env_args:
             raise ConfigError("task.env=robosuite but neither task.env_args nor the dataset file records env_args")
-        return robosuite_evaluator(dict(env_args), horizon)
+        return robosuite_evaluator(dict(env_args), horizon, n_envs)
     raise ConfigError("rollouts need an environment: set task.env (robosuite | pusht); robosuite also needs env_args "
                       "(task.env_args or a robomimic dataset that records them)")
 
@@ -215,7 +258,7 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
                            seeds: Sequence[int] | None = None, chaining: bool | str = False,
                            sample_steps: Sequence[int] | None = None, device: str | None = None,
                            latency_repeats: int | None = None, evaluate: Evaluator | None = None, out_dir=None,
-                           say=print) -> dict:
+                           n_envs: int | None = None, say=print) -> dict:
     """Score an imitation run directory (its checkpoints/latest.ckpt) or policy checkpoint again.
 
     The policy is loaded with `get_policy(path, overrides)` (e.g. ["policy.noise_scheduler.bins=40"],
@@ -225,9 +268,11 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
     `episodes` (default training.eval_episodes) rollouts for each of `seeds` (default
     [training.rollout_seed]) (+ Push-T's mean max coverage +- SE), and the median ms of one batch-1
     predict_action call (a new chunk) over `latency_repeats` calls (default training.latency_repeats,
-    else 20; 0 skips). `evaluate` replaces the environment's evaluator (see make_evaluator);
-    episodes=0 scores latency only and needs no simulator. Writes report.json and report.md to
-    `out_dir` (default RUN_DIR/eval/step_XXXXXXXX) and returns the report."""
+    else 20; 0 skips). Rollouts step `n_envs` environments in lockstep (default training.eval_n_envs,
+    else 10; for a deterministic policy the results do not depend on it). `evaluate` replaces the
+    environment's evaluator (see make_evaluator); episodes=0 scores latency only and needs no simulator.
+    Writes report.json and report.md to `out_dir` (default RUN_DIR/eval/step_XXXXXXXX) and returns the
+    report."""
     ckpt = find_policy_checkpoint(path)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if overrides is None:
@@ -249,8 +294,10 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
     variants = _variants(base.kind, sample_steps, chaining)
-    if episodes > 0 and evaluate is None:
-        evaluate = make_evaluator(cfg)
+    rollout_envs = None  # recorded in the report when the environment's evaluator runs
+    if episodes > 0 and evaluate is None:  # n_envs only when given: make_evaluator defaults to the config's
+        rollout_envs = eval_n_envs(cfg) if n_envs is None else _check_n_envs(n_envs)
+        evaluate = make_evaluator(cfg) if n_envs is None else make_evaluator(cfg, n_envs=rollout_envs)
     env = task_env(cfg, cfg.task.get("env_args") if "task" in cfg else None)
     say(f"evaluating {ckpt} (step {base.step:,}, {base.kind} {base.policy_cfg['backbone']}) on "
         f"{env or 'no environment'}: {episodes} episodes x seeds {seeds}")
@@ -276,7 +323,8 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
               "backbone": base.policy_cfg["backbone"], "name": (cfg.get("logging") or {}).get("name"),
               "task": cfg.task.get("name") if "task" in cfg else None, "env": env, "step": int(base.step),
               "overrides": overrides if isinstance(overrides, list) else {k: v for k, v in overrides.items()},
-              "episodes_per_seed": episodes, "seeds": seeds, "device": str(base.device), "rows": rows}
+              "episodes_per_seed": episodes, "seeds": seeds, "device": str(base.device),
+              "n_envs": rollout_envs, "rows": rows}
     out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{int(base.step):08d}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
@@ -312,10 +360,8 @@ def eval_from_cli(path, overrides=(), episodes=None, seeds=None, chaining: bool 
 
     from ..dataset.validation import DatasetFormatError
     try:
-        if n_envs is not None:
-            raise ConfigError("--n-envs is not used by imitation runs (rollouts run one environment)")
         report = evaluate_run_imitation(path, overrides=list(overrides or ()), episodes=episodes, seeds=seeds,
-                                        chaining=chaining, sample_steps=sample_steps, device=device)
+                                        chaining=chaining, sample_steps=sample_steps, device=device, n_envs=n_envs)
     except (ConfigError, FileNotFoundError, ValueError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
