@@ -143,7 +143,8 @@ class DiffusionModel(RecordsInit, nn.Module):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     # loss methods that compile_network() compiles whole instead of the denoiser alone: a family whose loss
-    # makes several network passes (consistency models) gains from one graph that shares the weight casts
+    # makes several network passes (consistency models) gains from one graph that shares the weight casts, and
+    # one with elementwise work around its network (EDM's preconditioning) from fusing it into that graph
     compiled_losses: tuple[str, ...] = ()
 
     def compile_network(self) -> "DiffusionModel":
@@ -160,7 +161,6 @@ class DiffusionModel(RecordsInit, nn.Module):
 
     AUTOCAST_MIN_SAMPLES = 64
 
-    @contextmanager
     def sampling_context(self, requires_grad: bool, prior=None, n_samples: int | None = None):
         """Grad mode for a sampler. Without gradients, a compiled network runs eagerly (a compiled call's fixed
         overhead costs more than it saves there) and batches of >= AUTOCAST_MIN_SAMPLES run under the model's
@@ -168,7 +168,13 @@ class DiffusionModel(RecordsInit, nn.Module):
         the matmuls save). Differentiable sampling leaves both to the caller."""
         batch = n_samples if n_samples is not None else (prior.shape[0] if getattr(prior, "ndim", 0) else 0)
         eager = self.compiled and not requires_grad
-        cast = not requires_grad and batch >= self.AUTOCAST_MIN_SAMPLES
+        cast = not requires_grad and batch >= self.AUTOCAST_MIN_SAMPLES and self.autocast_dtype is not None
+        if not (eager or cast):  # the one-observation acting path: a single context, no generator
+            return torch.set_grad_enabled(requires_grad)
+        return self._combined_context(requires_grad, eager, cast)
+
+    @contextmanager
+    def _combined_context(self, requires_grad: bool, eager: bool, cast: bool):
         with (torch.set_grad_enabled(requires_grad),
               torch.compiler.set_stance("force_eager") if eager else nullcontext(),
               self.autocast() if cast else nullcontext()):
@@ -257,7 +263,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         raise NotImplementedError
 
     def initial_noise(self, prior: torch.Tensor, temperature: float, sigma_max: float) -> torch.Tensor:
-        return torch.randn_like(prior) * (temperature * sigma_max)
+        return torch.randn_like(prior).mul_(temperature * sigma_max)
 
     def _prepare_sampling(self, prior, n_samples, solver, sample_steps, condition_cfg, w_cfg,
                           condition_cg, w_cg, use_ema, max_steps: int | None, guidance: bool = True):

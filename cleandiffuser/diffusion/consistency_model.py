@@ -40,7 +40,7 @@ def jump_sample(model: DiffusionModel, prior, net, cond_emb, w_cfg, levels, reno
     alphas, sigmas, noises = levels
     batch = prior.shape[0]
     denoise = model.make_denoiser(net, cond_emb, w_cfg, None, 0.0, alphas, sigmas, noises, batch, clip_at)
-    x = torch.randn_like(prior) * (renoise[0] * temperature) if x_T is None else model._check_x(x_T, "x_T", batch)
+    x = torch.randn_like(prior).mul_(renoise[0] * temperature) if x_T is None else model._check_x(x_T, "x_T", batch)
     history = torch.empty((batch, len(renoise) + 1, *prior.shape[1:]), device=prior.device) \
         if preserve_history else None
     x = model.inpaint(x, prior)
