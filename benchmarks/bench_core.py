@@ -1,7 +1,7 @@
 """Training and sampling speed of every generative model with the IDQLMlp backbone (obs 17, act 6,
 batch 256), next to the machine's floor (network FLOPs / measured matmul peak).
 
-    python benchmarks/bench_core.py [--threads 2] [--seconds 3]
+    python benchmarks/bench_core.py [--threads 2] [--seconds 3] [--tables training sampling]
 
 Prints two tables. "+compile" is bf16 with DiffusionModel.compile_network(). "floor" is the update rate the matmuls alone would allow at the measured peak
 (network passes per update x forward FLOPs / peak). Times are the best of 5 chunks.
@@ -83,6 +83,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--seconds", type=float, default=3.0)
+    p.add_argument("--tables", nargs="+", choices=("training", "sampling"), default=["training", "sampling"])
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     peak = {"fp32": matmul_peak(torch.float32, args.seconds), "bf16": matmul_peak(torch.bfloat16, args.seconds)}
@@ -91,6 +92,13 @@ def main():
           f"bf16 {peak['bf16'] / 1e9:.0f} GFLOP/s; IDQLMlp forward at batch {BATCH}: {flops / 1e9:.3f} GFLOP\n")
 
     obs, act = torch.randn(BATCH, OBS), torch.rand(BATCH, ACT) * 2 - 1
+    if "training" in args.tables:
+        training_table(obs, act, peak, flops, args.seconds)
+    if "sampling" in args.tables:
+        sampling_table(obs, args.seconds)
+
+
+def training_table(obs, act, peak, flops, seconds):
     print(f"{'model':<11} {'fp32 upd/s':>10} {'floor':>7} {'bf16 upd/s':>10} {'+compile':>9} {'floor':>7}")
     for kind in PASSES:
         row = f"{kind:<11}"
@@ -99,13 +107,16 @@ def main():
             if compiled:
                 model.compile_network()
             model.train()
-            sec = timeit(lambda: model.update(act, obs, **kw), args.seconds)
+            sec = timeit(lambda: model.update(act, obs, **kw), seconds)
             row += f" {1 / sec:>{9 if compiled else 10}.1f}"
             if precision == "fp32" or compiled:
                 row += f" {peak[precision] / (PASSES[kind] * flops):>7.0f}"
         print(row, flush=True)
+    print()
 
-    print(f"\n{'model':<11} {'NFE':>4} {'ms @ batch 1':>13} {'x raw fwd':>10} {'ms @ batch 256':>15} {'auto @ 256':>11}")
+
+def sampling_table(obs, seconds):
+    print(f"{'model':<11} {'NFE':>4} {'ms @ batch 1':>13} {'x raw fwd':>10} {'ms @ batch 256':>15} {'auto @ 256':>11}")
     for kind, nfes in NFES.items():
         model, _ = make(kind, "fp32")
         model.eval()
@@ -120,10 +131,10 @@ def main():
 
         for nfe in nfes:
             kw = dict(sample_steps=nfe)
-            raw, one = timeit_pair(raw_forward, lambda: model.sample(x1, condition_cfg=o1, **kw), args.seconds)
+            raw, one = timeit_pair(raw_forward, lambda: model.sample(x1, condition_cfg=o1, **kw), seconds)
             full, full_auto = timeit_pair(lambda: model.sample(torch.zeros(BATCH, ACT), condition_cfg=obs, **kw),
                                           lambda: auto.sample(torch.zeros(BATCH, ACT), condition_cfg=obs, **kw),
-                                          args.seconds)
+                                          seconds)
             print(f"{kind:<11} {nfe:>4} {one * 1000:>13.3f} {one / raw:>10.2f} {full * 1000:>15.2f} "
                   f"{full_auto * 1000:>11.2f}", flush=True)
 
