@@ -16,7 +16,6 @@ The three are timed in alternating chunks; each column is the best chunk.
 import argparse
 import math
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_core import ACT, BATCH, OBS, make  # noqa: E402
+from bench_core import ACT, BATCH, OBS, make, timeit  # noqa: E402
 
 # ------------------------------------------------------------------ the public implementation's update
 
@@ -75,7 +74,7 @@ class PublicStyle:
     def edm_denoise(self, net, x, s, obs):
         s = s[:, None]
         c_skip, c_out = self.SD ** 2 / (s ** 2 + self.SD ** 2), s * self.SD / (s ** 2 + self.SD ** 2).sqrt()
-        return c_skip * x + c_out * net(x / (s ** 2 + self.SD ** 2).sqrt(), s.squeeze(1).log() / 4, obs)
+        return c_skip * x + c_out * self.net_in(net, x, s, obs)
 
     def consistency(self, net, x, s, obs):
         s = s[:, None]
@@ -84,6 +83,7 @@ class PublicStyle:
         return c_skip * x + c_out * self.net_in(net, x, s, obs)
 
     def net_in(self, net, x, s, obs):
+        """F(c_in x, ln(s) / 4) with s of shape (B, 1), as EDM and the consistency model call it."""
         return net(x / (s ** 2 + self.SD ** 2).sqrt(), s.squeeze(1).log() / 4, obs)
 
     def loss(self, x0, obs):
@@ -127,14 +127,6 @@ class PublicStyle:
 # ------------------------------------------------------------------ timing
 
 
-def chunk(fn, seconds):
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or n < 3:
-        fn()
-        n += 1
-    return (time.perf_counter() - t0) / n
-
-
 def ours(kind, precision, compiled):
     model, kw = make(kind, precision)
     if kind == "CD":
@@ -168,7 +160,7 @@ def main():
         sec = {k: float("inf") for k in fns}
         for c in range(args.chunks):
             for k in (list(fns) if c % 2 == 0 else list(fns)[::-1]):
-                sec[k] = min(sec[k], chunk(fns[k], args.seconds / args.chunks))
+                sec[k] = min(sec[k], timeit(fns[k], args.seconds / args.chunks, chunks=1))
         print(f"{kind:<11} {1 / sec['public']:>12.1f} {1 / sec['fp32']:>10.1f} {1 / sec['best']:>18.1f} "
               f"{sec['public'] / sec['best']:>7.2f}x", flush=True)
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cleandiffuser.diffusion import ContinuousConsistencyModel, ContinuousEDM
+from cleandiffuser.diffusion import ContinuousConsistencyModel, ContinuousEDM, DiscreteDiffusionSDE
 from cleandiffuser.nn_condition import IdentityCondition
 from cleandiffuser.nn_diffusion import IDQLMlp
 from cleandiffuser.utils import activations
@@ -58,10 +58,19 @@ def _edm(seed: int) -> ContinuousEDM:
                          optim_params={"lr": 1e-3})
 
 
-def test_compiled_network_trains_like_eager_and_samples_eagerly():
+def _ddpm(seed: int) -> DiscreteDiffusionSDE:
+    torch.manual_seed(seed)
+    return DiscreteDiffusionSDE(IDQLMlp(2, 2, hidden_dim=64, n_blocks=2, dropout=0.0), IdentityCondition(dropout=0.0),
+                                diffusion_steps=5, x_max=torch.full((2,), 3.0), x_min=torch.full((2,), -3.0),
+                                precision="fp32", optim_params={"lr": 1e-3})
+
+
+# EDM compiles its whole loss (compiled_losses); DDPM compiles the network module, which sampling must bypass
+@pytest.mark.parametrize("make", [_edm, _ddpm], ids=["edm-loss", "ddpm-network"])
+def test_compiled_network_trains_like_eager_and_samples_eagerly(make):
     torch.manual_seed(1)
     x0, cond = torch.randn(256, 2), torch.randn(256, 2)
-    eager, compiled = _edm(0), _edm(0).compile_network()
+    eager, compiled = make(0), make(0).compile_network()
     losses = []
     for model in (eager, compiled):
         torch.manual_seed(2)

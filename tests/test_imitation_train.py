@@ -178,7 +178,7 @@ def test_teacher_student_pipeline_with_rollout_hook(lift_file, tmp_path, monkeyp
     assert "| chain [0, 3] | 2 | 0.500 ± 0.204 |" in (out / "report.md").read_text()
 
     # the CLI dispatches on the run's config (a `policy` section); the environment's evaluator is replaced
-    monkeypatch.setattr("cleandiffuser.imitation.evaluate.make_evaluator", lambda cfg, env_args=None: fake_eval)
+    monkeypatch.setattr("cleandiffuser.imitation.evaluate.make_evaluator", lambda cfg, env_args=None, n_envs=None: fake_eval)
     assert is_imitation_target(teacher) and is_imitation_target(teacher / "checkpoints" / "latest.ckpt")
     assert not is_imitation_target(tmp_path)
     capsys.readouterr()

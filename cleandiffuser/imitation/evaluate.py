@@ -295,9 +295,9 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
         raise ValueError(f"episodes must be >= 0, got {episodes}")
     variants = _variants(base.kind, sample_steps, chaining)
     rollout_envs = None  # recorded in the report when the environment's evaluator runs
-    if episodes > 0 and evaluate is None:  # n_envs only when given: make_evaluator defaults to the config's
+    if episodes > 0 and evaluate is None:
         rollout_envs = eval_n_envs(cfg) if n_envs is None else _check_n_envs(n_envs)
-        evaluate = make_evaluator(cfg) if n_envs is None else make_evaluator(cfg, n_envs=rollout_envs)
+        evaluate = make_evaluator(cfg, n_envs=rollout_envs)
     env = task_env(cfg, cfg.task.get("env_args") if "task" in cfg else None)
     say(f"evaluating {ckpt} (step {base.step:,}, {base.kind} {base.policy_cfg['backbone']}) on "
         f"{env or 'no environment'}: {episodes} episodes x seeds {seeds}")
