@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cleandiffuser.diffusion import ContinuousConsistencyModel, ContinuousEDM, DiscreteDiffusionSDE
+from cleandiffuser.diffusion import (ContinuousConsistencyModel, ContinuousEDM, ContinuousRectifiedFlow,
+                                    DiscreteDiffusionSDE)
 from cleandiffuser.nn_condition import IdentityCondition
 from cleandiffuser.nn_diffusion import IDQLMlp
 from cleandiffuser.utils import activations
@@ -65,8 +66,16 @@ def _ddpm(seed: int) -> DiscreteDiffusionSDE:
                                 precision="fp32", optim_params={"lr": 1e-3})
 
 
-# EDM compiles its whole loss (compiled_losses); DDPM compiles the network module, which sampling must bypass
-@pytest.mark.parametrize("make", [_edm, _ddpm], ids=["edm-loss", "ddpm-network"])
+def _rf(seed: int) -> ContinuousRectifiedFlow:
+    torch.manual_seed(seed)
+    return ContinuousRectifiedFlow(IDQLMlp(2, 2, hidden_dim=64, n_blocks=2, dropout=0.0),
+                                   IdentityCondition(dropout=0.0), x_max=torch.full((2,), 3.0),
+                                   x_min=torch.full((2,), -3.0), precision="fp32", optim_params={"lr": 1e-3})
+
+
+# EDM and DDPM compile their whole loss (compiled_losses); rectified flow compiles the network module, which
+# sampling must bypass
+@pytest.mark.parametrize("make", [_edm, _ddpm, _rf], ids=["edm-loss", "ddpm-loss", "rf-network"])
 def test_compiled_network_trains_like_eager_and_samples_eagerly(make):
     torch.manual_seed(1)
     x0, cond = torch.randn(256, 2), torch.randn(256, 2)

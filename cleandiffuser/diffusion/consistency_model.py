@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .base import DiffusionModel
+from .base import DiffusionModel, as_float32
 from .edm import ContinuousEDM
 from .schedules import karras_sigmas
 
@@ -40,13 +40,14 @@ def jump_sample(model: DiffusionModel, prior, net, cond_emb, w_cfg, levels, reno
     alphas, sigmas, noises = levels
     batch = prior.shape[0]
     denoise = model.make_denoiser(net, cond_emb, w_cfg, None, 0.0, alphas, sigmas, noises, batch, clip_at)
-    x = torch.randn_like(prior).mul_(renoise[0] * temperature) if x_T is None else model._check_x(x_T, "x_T", batch)
+    x = torch.empty_like(prior).normal_(0.0, renoise[0] * temperature) if x_T is None else \
+        model._check_x(x_T, "x_T", batch)
     history = torch.empty((batch, len(renoise) + 1, *prior.shape[1:]), device=prior.device) \
         if preserve_history else None
     x = model.inpaint(x, prior)
     for i in range(len(renoise)):
         if i > 0 and renoise[i] > 0:
-            x = model.inpaint(x + torch.randn_like(x) * (renoise[i] * temperature), prior)
+            x = model.inpaint(torch.empty_like(x).normal_(0.0, renoise[i] * temperature).add_(x), prior)
         if history is not None:
             history[:, i] = x
         x = model.inpaint(denoise(x, i), prior)
@@ -128,8 +129,10 @@ class ContinuousConsistencyModel(DiffusionModel):
             c_skip, c_out, c_in = c_skip.view(shape), c_out.view(shape), c_in.view(shape)
             noise = 0.25 * torch.log(sigma) if noise is None else noise
             return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
-        out = net["diffusion"](c_in * x, noise, cond_emb).float()
-        return torch.add(out, x, alpha=c_skip / c_out).mul_(c_out) if c_out else x  # 2 ops on the fast path
+        if not c_out:
+            return x
+        out = as_float32(net["diffusion"](self.scale(x, c_in), noise, cond_emb))
+        return self.scale(out, c_out).add_(x, alpha=c_skip)  # 2 cheap ops on the acting path
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         return self.consistency(net, x, sigma, cond_emb, noise)

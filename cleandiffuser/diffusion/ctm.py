@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch.func import functional_call
 
-from .base import DiffusionModel
+from .base import DiffusionModel, as_float32
 from .consistency_model import check_teacher, copy_teacher_weights, jump_sample, pseudo_huber
 from .edm import ContinuousEDM
 from .schedules import karras_sigmas
@@ -67,16 +67,19 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             c_skip, c_out, c_in = (v.view(shape) for v in (c_skip, c_out, c_in))
             noise = 0.25 * torch.stack([torch.log(t), torch.log(s)], dim=1) if noise is None else noise
         backbone = net["diffusion"]
-        args = (c_in * x, noise, cond_emb)
-        out = backbone(*args) if params is None else functional_call(backbone, params, args)
-        return c_skip * x + c_out * out.float()
+        tensors = isinstance(t, torch.Tensor)
+        args = (c_in * x if tensors else self.scale(x, c_in), noise, cond_emb)
+        out = as_float32(backbone(*args) if params is None else functional_call(backbone, params, args))
+        return c_skip * x + c_out * out if tensors else self.scale(out, c_out).add_(x, alpha=c_skip)
 
     def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
         """G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)."""
         ratio = s / t
+        g = self.g(net, x, t, s, cond_emb, noise, params)
         if isinstance(ratio, torch.Tensor):
             ratio = ratio.view(-1, *([1] * (x.dim() - 1)))
-        return ratio * x + (1 - ratio) * self.g(net, x, t, s, cond_emb, noise, params)
+            return ratio * x + (1 - ratio) * g
+        return self.scale(g, 1 - ratio).add_(x, alpha=ratio) if ratio else g
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         t, s = sigma
@@ -186,6 +189,13 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             solver, prior, net, cond_emb, _ = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins,
                 guidance=False)
+            levels, renoise, clip_at = self._levels(solver, sample_steps, chaining_times)
+            return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
+                               preserve_history, clip_at)
+
+    def _levels(self, solver: str, sample_steps: int, chaining_times):
+        """(alphas, (t, s) pairs, noise coordinates), re-noise scales and where to clip, per sampler setting."""
+        def build():
             smin = self.sigma_min
             if solver == "chain":
                 taus = self.chaining_sigmas(sample_steps, chaining_times)
@@ -197,8 +207,9 @@ class ConsistencyTrajectoryModel(DiffusionModel):
                 pairs = list(zip(sig[:-1], sig[1:]))
                 renoise = [sig[0]] + [0.0] * (len(pairs) - 1)
             levels = ([1.0] * len(pairs), pairs, [(0.25 * math.log(t), 0.25 * math.log(s)) for t, s in pairs])
-            return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
-                               preserve_history, clip_at=[s == smin for _, s in pairs])
+            return levels, renoise, [s == smin for _, s in pairs]
+        key = None if chaining_times is None else tuple(chaining_times)
+        return self.memo(("levels", solver, sample_steps, key), build)
 
     def hparams(self):
         return {"sigma_data": self.sigma_data, "sigma_min": self.sigma_min, "sigma_max": self.sigma_max,

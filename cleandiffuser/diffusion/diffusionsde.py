@@ -6,7 +6,7 @@ DiscreteDiffusionSDE trains on the T grid times t_i = i / T; ContinuousDiffusion
 import numpy as np
 import torch
 
-from .base import DiffusionModel
+from .base import DiffusionModel, as_float32
 from .sampling import VP_SOLVERS
 from .schedules import index_grid, time_grid, vp_alpha_sigma
 
@@ -14,6 +14,8 @@ from .schedules import index_grid, time_grid, vp_alpha_sigma
 class _VPDiffusion(DiffusionModel):
     solvers = tuple(s for s in VP_SOLVERS if s not in ("euler", "heun"))
     default_solver = "ddpm"
+    # the schedule, noising and loss fused into the network's graph
+    compiled_losses = ("_denoising_loss",)
 
     def __init__(self, nn_diffusion, nn_condition=None, fix_mask=None, loss_weight=None, classifier=None,
                  grad_clip_norm=None, ema_rate=0.995, optim_params=None, epsilon: float = 1e-3,
@@ -34,16 +36,18 @@ class _VPDiffusion(DiffusionModel):
 
     def loss(self, x0, cond_emb, condition=None, **kwargs):
         t = self.sample_times(x0.shape[0])
+        return self._denoising_loss(x0, cond_emb, t, torch.randn_like(x0)), {}
+
+    def _denoising_loss(self, x0, cond_emb, t, eps):
         alpha, sigma = (v.float().view(-1, *([1] * (x0.dim() - 1))) for v in self.alpha_sigma(t))
-        eps = torch.randn_like(x0)
         x_t = self.inpaint(alpha * x0 + sigma * eps, x0)
         out = self.model["diffusion"](x_t, t.float(), cond_emb).float()
         target = eps if self.predict_noise else x0
-        return self.weighted((out - target) ** 2).mean(), {}
+        return self.weighted((out - target) ** 2).mean()
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
-        out = net["diffusion"](x, noise, cond_emb).float()
-        return (x - sigma * out) / alpha if self.predict_noise else out
+        out = net["diffusion"](x, noise, cond_emb)
+        return self.scale(torch.sub(x, out, alpha=sigma), 1.0 / alpha) if self.predict_noise else as_float32(out)
 
     def hparams(self):
         return {"noise_schedule": self.noise_schedule, "predict_noise": self.predict_noise}

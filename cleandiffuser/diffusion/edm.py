@@ -7,7 +7,7 @@ import math
 import numpy as np
 import torch
 
-from .base import DiffusionModel
+from .base import DiffusionModel, as_float32
 from .schedules import karras_sigmas
 
 
@@ -47,7 +47,9 @@ class ContinuousEDM(DiffusionModel):
             shape = (-1, *([1] * (x.dim() - 1)))
             c_skip, c_out, c_in = c_skip.view(shape), c_out.view(shape), c_in.view(shape)
             noise = self.noise_coordinate(sigma) if noise is None else noise
-        return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
+            return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
+        out = as_float32(net["diffusion"](self.scale(x, c_in), noise, cond_emb))  # sampling: float sigma
+        return self.scale(out, c_out).add_(x, alpha=c_skip)
 
     def loss(self, x0, cond_emb, condition=None, **kwargs):
         sigma = (torch.randn(x0.shape[0], device=self.device) * self.P_std + self.P_mean).exp()
@@ -64,9 +66,6 @@ class ContinuousEDM(DiffusionModel):
         return self.denoise(net, x, sigma, cond_emb, noise)
 
     def sample_grid(self, sample_steps, sample_step_schedule="karras"):
-        return self.memo(("grid", sample_steps), lambda: self._grid(sample_steps))
-
-    def _grid(self, sample_steps):
         sigmas = np.append(karras_sigmas(sample_steps, self.sigma_min, self.sigma_max, self.rho), 0.0).tolist()
         noises = [self.noise_coordinate(s) if s > 0 else 0.0 for s in sigmas]
         return [1.0] * len(sigmas), sigmas, noises

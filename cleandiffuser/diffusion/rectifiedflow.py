@@ -26,7 +26,7 @@ class ContinuousRectifiedFlow(DiffusionModel):
         return self.weighted((v - (x1 - x0)) ** 2).mean(), {}
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
-        return x - sigma * net["diffusion"](x, noise, cond_emb).float()
+        return torch.sub(x, net["diffusion"](x, noise, cond_emb), alpha=sigma)  # x - sigma v, in float32
 
     def _grid_from_times(self, times: np.ndarray):
         return (1.0 - times).tolist(), times.tolist(), times.tolist()
