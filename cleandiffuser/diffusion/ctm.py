@@ -58,6 +58,22 @@ class ConsistencyTrajectoryModel(DiffusionModel):
     def g(self, net, x, t, s, cond_emb, noise=None, params=None):
         """g(x, t, s) = c_skip(t) x + c_out(t) F(c_in(t) x, (t, s)); t, s floats or (B,) tensors.
         `params` replaces the backbone's weights (functional call, for stop-gradient targets)."""
+        out, c_skip, c_out = self._network(net, x, t, s, cond_emb, noise, params)
+        if isinstance(t, torch.Tensor):
+            return c_skip * x + c_out * out
+        return self.scale(out, c_out).add_(x, alpha=c_skip)
+
+    def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
+        """G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)."""
+        ratio = s / t
+        if isinstance(ratio, torch.Tensor):
+            ratio = ratio.view(-1, *([1] * (x.dim() - 1)))
+            return ratio * x + (1 - ratio) * self.g(net, x, t, s, cond_emb, noise, params)
+        out, c_skip, c_out = self._network(net, x, t, s, cond_emb, noise, params)  # sampling: one affine op
+        return self.scale(out, (1 - ratio) * c_out).add_(x, alpha=ratio + (1 - ratio) * c_skip)
+
+    def _network(self, net, x, t, s, cond_emb, noise, params):
+        """(F(c_in(t) x, (t, s)) in float32, c_skip(t), c_out(t)), coefficients shaped to broadcast."""
         sd = self.sigma_data
         c_skip = sd ** 2 / (t ** 2 + sd ** 2)
         c_out = t * sd / (t ** 2 + sd ** 2) ** 0.5
@@ -66,20 +82,13 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             shape = (-1, *([1] * (x.dim() - 1)))
             c_skip, c_out, c_in = (v.view(shape) for v in (c_skip, c_out, c_in))
             noise = 0.25 * torch.stack([torch.log(t), torch.log(s)], dim=1) if noise is None else noise
+            x_in = c_in * x
+        else:
+            x_in = self.scale(x, c_in)
         backbone = net["diffusion"]
-        tensors = isinstance(t, torch.Tensor)
-        args = (c_in * x if tensors else self.scale(x, c_in), noise, cond_emb)
-        out = as_float32(backbone(*args) if params is None else functional_call(backbone, params, args))
-        return c_skip * x + c_out * out if tensors else self.scale(out, c_out).add_(x, alpha=c_skip)
-
-    def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
-        """G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)."""
-        ratio = s / t
-        g = self.g(net, x, t, s, cond_emb, noise, params)
-        if isinstance(ratio, torch.Tensor):
-            ratio = ratio.view(-1, *([1] * (x.dim() - 1)))
-            return ratio * x + (1 - ratio) * g
-        return self.scale(g, 1 - ratio).add_(x, alpha=ratio) if ratio else g
+        args = (x_in, noise, cond_emb)
+        out = backbone(*args) if params is None else functional_call(backbone, params, args)
+        return as_float32(out), c_skip, c_out
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         t, s = sigma
