@@ -148,20 +148,21 @@ class DiffusionModel(RecordsInit, nn.Module):
             return nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
-    # loss methods that compile_network() compiles whole instead of the denoiser alone: a family whose loss
-    # makes several network passes (consistency models) gains from one graph that shares the weight casts, and
-    # one with elementwise work around its network (EDM's preconditioning) from fusing it into that graph
+    # loss methods that compile_network() compiles whole, the denoiser inlined: a family whose loss makes
+    # several network passes (consistency models) gains from one graph that shares the weight casts, and one
+    # with elementwise work around its network (EDM's preconditioning, DDPM's noising) from fusing it in
     compiled_losses: tuple[str, ...] = ()
 
     def compile_network(self) -> "DiffusionModel":
-        """Compile the denoiser's training passes with TorchInductor (fused elementwise kernels; on a
-        2-core CPU about 1.2x more updates/s). The first update compiles (tens of seconds); sampling
-        stays eager, where a compiled call's fixed overhead would cost more than it saves."""
+        """Compile the training passes with TorchInductor (fused elementwise kernels; on a 2-core CPU about
+        1.2x more updates/s): the family's losses whole, and the denoiser module for training passes of
+        others (an agent's own loss, differentiable sampling as in Diffusion-QL). The first update
+        compiles (tens of seconds); sampling without gradients stays eager, where a compiled call's
+        fixed overhead would cost more than it saves."""
         if not self.compiled:
             for name in self.compiled_losses:
                 setattr(self, name, torch.compile(getattr(self, name), dynamic=False))
-            if not self.compiled_losses:
-                self.model["diffusion"].compile(dynamic=False)
+            self.model["diffusion"].compile(dynamic=False)
             self.compiled = True
         return self
 
