@@ -115,6 +115,9 @@ def test_bf16_learns_as_well_as_fp32():
 
 def test_differentiable_sampling_reaches_the_weights():
     model = DiscreteDiffusionSDE(small_net(), diffusion_steps=5, **FAST)
+    with torch.inference_mode():  # acting first fills the samplers' caches (grids, constants) ...
+        model.sample(torch.zeros(8, 2), sample_steps=5, use_ema=False)
+    # ... which differentiable sampling (Diffusion-QL's actor loss) then reuses with gradients
     x, _ = model.sample(torch.zeros(8, 2), sample_steps=5, use_ema=False, requires_grad=True)
     x.pow(2).sum().backward()
     grads = [p.grad for p in model.model.parameters()]

@@ -339,7 +339,8 @@ class DiffusionModel(RecordsInit, nn.Module):
         if s is None:
             if len(self._scalars) > 4096:
                 self._scalars.clear()
-            s = self._scalars[c] = torch.tensor(float(c), device=self.device)
+            with torch.inference_mode(False):  # cached for later calls that may need gradients
+                s = self._scalars[c] = torch.tensor(float(c), device=self.device)
         return x * s
 
     def _noise_vectors(self, noises: tuple, batch: int) -> list[torch.Tensor]:
