@@ -2,6 +2,9 @@
 
     python experiments/imitation_queue.py --task lift            # run (or continue) the plan
     python experiments/imitation_queue.py --task lift --report   # table only
+    python experiments/imitation_queue.py --task can --student-steps 5000   # a longer student, as ctmp-5000
+
+One queue per task at a time: runs are not locked, so two queues on one task would train the same run.
 
 Tasks: robosuite lift | can | square (robomimic-format HDF5) and Push-T (pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
@@ -51,6 +54,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=sorted(TASK), default="lift")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--student-steps", type=int, default=STEPS["ctmp"],
+                    help=f"Consistency Policy student budget; other than {STEPS['ctmp']} it trains as ctmp-<steps>")
     args = ap.parse_args()
     base = ROOT / "runs" / "experiments" / f"imitation-{args.task}"
     data = dataset(args.task)
@@ -59,10 +64,12 @@ def main() -> int:
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
         teacher = base / "edm"
         suffix = "pusht" if args.task == "pusht" else "lift"  # Can and Square use the Lift files + TASK overrides
-        plan = [("edm", f"imitation/edm_{suffix}", []),
-                ("ctmp", f"imitation/ctmp_{suffix}", [f"policy.teacher_path={teacher}", f"policy.edm={teacher}"]),
-                ("ddim", f"imitation/ddim_{suffix}", [])]
-        for name, config, extra in plan:
+        student = "ctmp" if args.student_steps == STEPS["ctmp"] else f"ctmp-{args.student_steps}"
+        plan = [("edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
+                (student, f"imitation/ctmp_{suffix}", args.student_steps,
+                 [f"policy.teacher_path={teacher}", f"policy.edm={teacher}"]),
+                ("ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
+        for name, config, steps, extra in plan:
             run = base / name
             if (run / "report.json").is_file():
                 continue
@@ -73,7 +80,7 @@ def main() -> int:
                 cmd += ["--resume", str(run)]
             else:
                 cmd += ["--config-name", config, "--run-dir", str(run), f"task.dataset_path={data}",
-                        f"training.steps={STEPS[name]}", f"logging.name={name}_{args.task}", *COMMON, *TASK[args.task],
+                        f"training.steps={steps}", f"logging.name={name}_{args.task}", *COMMON, *TASK[args.task],
                         *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             if subprocess.call(cmd, cwd=ROOT) != 0:
@@ -81,7 +88,8 @@ def main() -> int:
                 return 1
     header = "| policy | training steps | NFE | success (mean ± SE) | rollouts | val action MSE | ms per chunk (batch 1) |"
     lines = [header, "|---|---:|---:|---:|---:|---:|---:|"]
-    for name in ("edm", "ddim", "ctmp"):
+    students = sorted((p.name for p in base.glob("ctmp-*")), key=lambda n: int(n.split("-")[1]))
+    for name in ("edm", "ddim", "ctmp", *students):
         path = base / name / "report.json"
         if not path.is_file():
             continue
@@ -89,7 +97,7 @@ def main() -> int:
         for row in rep.get("rows", []):
             sr, se = row.get("success_rate"), row.get("success_se")
             success = f"{sr:.2f} ± {se:.2f}" if sr is not None else "n/a"
-            lines.append(f"| {row.get('setting', name)} | {rep.get('steps', STEPS[name]):,} | {row.get('nfe')} | {success} | "
+            lines.append(f"| {row.get('setting', name)} | {rep.get('steps', 0):,} | {row.get('nfe')} | {success} | "
                          f"{row.get('episodes', 'n/a')} | {row.get('val_mse', float('nan')):.4f} | "
                          f"{row.get('ms_per_action', float('nan')):.1f} |")
     table = "\n".join(lines)
