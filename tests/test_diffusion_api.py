@@ -70,6 +70,8 @@ def test_bad_arguments_raise_clear_errors(tmp_path):
         ddpm.sample(torch.zeros(4, 2), sample_steps=6)
     with pytest.raises(ValueError, match="prior has shape"):
         ddpm.sample(torch.zeros(4, 3))
+    with pytest.raises(ValueError, match="temperature=-1.0 must be a finite number >= 0"):
+        ddpm.sample(torch.zeros(4, 2), temperature=-1.0)
     with pytest.raises(ValueError, match="condition_cfg has batch 3 but x has batch 4"):
         ddpm.sample(torch.zeros(4, 2), condition_cfg=torch.zeros(3, 1))
     with pytest.raises(ValueError, match="x0 contains NaN"):
@@ -153,6 +155,8 @@ def test_sampling_without_grad_builds_no_graph():
     assert not x.requires_grad
     with pytest.raises(ValueError, match=r"sample_steps=0 is out of range"):
         cm.sample(torch.zeros(4, 2), sample_steps=0)
+    with pytest.raises(ValueError, match="temperature=nan"):
+        cm.sample(torch.zeros(4, 2), temperature=float("nan"))
     ctm = ConsistencyTrajectoryModel(small_net(), bins=10)
     _, log = ctm.sample(torch.zeros(4, 2), sample_steps=2)  # default solver: chain (NFE = steps)
     assert log["nfe"] == 2

@@ -275,7 +275,15 @@ class DiffusionModel(RecordsInit, nn.Module):
         return torch.empty_like(prior).normal_(0.0, temperature * sigma_max)
 
     def _prepare_sampling(self, prior, n_samples, solver, sample_steps, condition_cfg, w_cfg,
-                          condition_cg, w_cg, use_ema, max_steps: int | None, guidance: bool = True):
+                          condition_cg, w_cg, use_ema, max_steps: int | None, guidance: bool = True,
+                          temperature: float = 1.0):
+        try:
+            finite_nonnegative = 0 <= float(temperature) < math.inf
+        except (TypeError, ValueError):
+            finite_nonnegative = False
+        if not finite_nonnegative:
+            raise ValueError(f"temperature={temperature!r} must be a finite number >= 0 (1 = the model's noise, "
+                             "0 = deterministic start)")
         if not guidance and w_cfg not in (0.0, 1.0):
             raise ValueError(f"{type(self).__name__} supports w_cfg=1 (conditional) or 0 (unconditional), "
                              f"not {w_cfg}: extrapolating one-step outputs leaves the data")
@@ -365,7 +373,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         with self.sampling_context(requires_grad, prior, n_samples):
             solver, prior, net, cond_emb, condition_cg = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, condition_cg, w_cg, use_ema,
-                self.max_sample_steps())
+                self.max_sample_steps(), temperature=temperature)
             alphas, sigmas, noises = self.memo(("grid", sample_steps, sample_step_schedule),
                                                lambda: self.sample_grid(sample_steps, sample_step_schedule))
             denoise = self.make_denoiser(net, cond_emb, w_cfg, condition_cg, w_cg, alphas, sigmas, noises,

@@ -231,7 +231,7 @@ class ContinuousConsistencyModel(DiffusionModel):
         with self.sampling_context(requires_grad, prior, n_samples):
             solver, prior, net, cond_emb, _ = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, None,
-                guidance=False)
+                guidance=False, temperature=temperature)
             levels, renoise = self._levels(sample_steps)
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history)

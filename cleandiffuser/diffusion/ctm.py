@@ -197,7 +197,7 @@ class ConsistencyTrajectoryModel(DiffusionModel):
         with self.sampling_context(requires_grad, prior, n_samples):
             solver, prior, net, cond_emb, _ = self._prepare_sampling(
                 prior, n_samples, solver, sample_steps, condition_cfg, w_cfg, None, 0.0, use_ema, self.bins,
-                guidance=False)
+                guidance=False, temperature=temperature)
             levels, renoise, clip_at = self._levels(solver, sample_steps, chaining_times)
             return jump_sample(self, prior, net, cond_emb, w_cfg, levels, renoise, temperature, x_T,
                                preserve_history, clip_at)
