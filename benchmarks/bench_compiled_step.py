@@ -4,8 +4,9 @@
 
 "before": the network alone compiled (`torch.compile` of the denoiser module) with Inductor's Philox dropout.
 "after": the current code: dropout masks from an integer hash inside compiled graphs
-(cleandiffuser.utils.activations.dropout), and a consistency model's whole pair loss compiled as one graph
-(online and target passes, CD's teacher step; DiffusionModel.compiled_losses).
+(cleandiffuser.utils.activations.dropout), and the family's whole loss compiled as one graph
+(DiffusionModel.compiled_losses: a consistency model's online and target passes and CD's teacher step since
+session 4, EDM's and DDPM's denoising losses since sessions 5 and 6).
 Both start from the same weights (IDQLMlp(17, 6), batch 256, bf16 autocast) and are timed in alternating
 chunks of 10 updates; medians of wall and process CPU time per update. On a shared machine the CPU time is the
 steadier of the two (with 1 thread it is this process's own work; wall time includes waiting for a core).

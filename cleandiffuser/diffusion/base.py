@@ -351,6 +351,11 @@ class DiffusionModel(RecordsInit, nn.Module):
                 s = self._scalars[c] = torch.tensor(float(c), device=self.device)
         return x * s
 
+    def affine(self, out: torch.Tensor, c_out: float, x: torch.Tensor, c_skip: float) -> torch.Tensor:
+        """c_out * out + c_skip * x for Python floats (a preconditioned denoiser's output at a sampling step):
+        two cheap ops, `scale` and an in-place add with alpha, into a new tensor."""
+        return self.scale(out, c_out).add_(x, alpha=c_skip)
+
     def _noise_vectors(self, noises: tuple, batch: int) -> list[torch.Tensor]:
         """Noise-coordinate tensors (batch,) or (batch, 2) per grid point (read-only, so memoized)."""
         return self.memo(("noise", noises, batch), lambda: [

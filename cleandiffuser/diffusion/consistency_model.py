@@ -132,7 +132,7 @@ class ContinuousConsistencyModel(DiffusionModel):
         if not c_out:
             return x
         out = as_float32(net["diffusion"](self.scale(x, c_in), noise, cond_emb))
-        return self.scale(out, c_out).add_(x, alpha=c_skip)  # 2 cheap ops on the acting path
+        return self.affine(out, c_out, x, c_skip)
 
     def predict_x0(self, net, x, alpha, sigma, noise, cond_emb):
         return self.consistency(net, x, sigma, cond_emb, noise)

@@ -22,7 +22,7 @@ from torch.func import functional_call
 
 from .base import DiffusionModel, as_float32
 from .consistency_model import check_teacher, copy_teacher_weights, jump_sample, pseudo_huber
-from .edm import ContinuousEDM
+from .edm import ContinuousEDM, edm_precondition
 from .schedules import karras_sigmas
 
 
@@ -61,7 +61,7 @@ class ConsistencyTrajectoryModel(DiffusionModel):
         out, c_skip, c_out = self._network(net, x, t, s, cond_emb, noise, params)
         if isinstance(t, torch.Tensor):
             return c_skip * x + c_out * out
-        return self.scale(out, c_out).add_(x, alpha=c_skip)
+        return self.affine(out, c_out, x, c_skip)
 
     def jump(self, net, x, t, s, cond_emb, noise=None, params=None):
         """G(x, t, s) = (s / t) x + (1 - s / t) g(x, t, s)."""
@@ -70,14 +70,11 @@ class ConsistencyTrajectoryModel(DiffusionModel):
             ratio = ratio.view(-1, *([1] * (x.dim() - 1)))
             return ratio * x + (1 - ratio) * self.g(net, x, t, s, cond_emb, noise, params)
         out, c_skip, c_out = self._network(net, x, t, s, cond_emb, noise, params)  # sampling: one affine op
-        return self.scale(out, (1 - ratio) * c_out).add_(x, alpha=ratio + (1 - ratio) * c_skip)
+        return self.affine(out, (1 - ratio) * c_out, x, ratio + (1 - ratio) * c_skip)
 
     def _network(self, net, x, t, s, cond_emb, noise, params):
         """(F(c_in(t) x, (t, s)) in float32, c_skip(t), c_out(t)), coefficients shaped to broadcast."""
-        sd = self.sigma_data
-        c_skip = sd ** 2 / (t ** 2 + sd ** 2)
-        c_out = t * sd / (t ** 2 + sd ** 2) ** 0.5
-        c_in = 1 / (t ** 2 + sd ** 2) ** 0.5
+        c_skip, c_out, c_in = edm_precondition(t, self.sigma_data)
         if isinstance(t, torch.Tensor):
             shape = (-1, *([1] * (x.dim() - 1)))
             c_skip, c_out, c_in = (v.view(shape) for v in (c_skip, c_out, c_in))

@@ -11,6 +11,15 @@ from .base import DiffusionModel, as_float32
 from .schedules import karras_sigmas
 
 
+def edm_precondition(sigma, sigma_data: float):
+    """Karras et al.'s c_skip, c_out, c_in at noise level sigma (a float or a tensor)."""
+    sd2 = sigma_data ** 2
+    c_skip = sd2 / (sigma ** 2 + sd2)
+    c_out = sigma * sigma_data / (sigma ** 2 + sd2) ** 0.5
+    c_in = 1 / (sigma ** 2 + sd2) ** 0.5
+    return c_skip, c_out, c_in
+
+
 class ContinuousEDM(DiffusionModel):
     solvers = ("euler", "heun")
     default_solver = "euler"
@@ -28,13 +37,9 @@ class ContinuousEDM(DiffusionModel):
         self.sigma_data, self.sigma_min, self.sigma_max, self.rho = sigma_data, sigma_min, sigma_max, rho
         self.P_mean, self.P_std = P_mean, P_std
 
-    # c_skip, c_out, c_in, c_noise; works on floats and tensors
     def precondition(self, sigma):
-        sd2 = self.sigma_data ** 2
-        c_skip = sd2 / (sigma ** 2 + sd2)
-        c_out = sigma * self.sigma_data / (sigma ** 2 + sd2) ** 0.5
-        c_in = 1 / (sigma ** 2 + sd2) ** 0.5
-        return c_skip, c_out, c_in
+        """c_skip, c_out, c_in at sigma (a float or a tensor)."""
+        return edm_precondition(sigma, self.sigma_data)
 
     @staticmethod
     def noise_coordinate(sigma):
@@ -49,7 +54,7 @@ class ContinuousEDM(DiffusionModel):
             noise = self.noise_coordinate(sigma) if noise is None else noise
             return c_skip * x + c_out * net["diffusion"](c_in * x, noise, cond_emb).float()
         out = as_float32(net["diffusion"](self.scale(x, c_in), noise, cond_emb))  # sampling: float sigma
-        return self.scale(out, c_out).add_(x, alpha=c_skip)
+        return self.affine(out, c_out, x, c_skip)
 
     def loss(self, x0, cond_emb, condition=None, **kwargs):
         sigma = (torch.randn(x0.shape[0], device=self.device) * self.P_std + self.P_mean).exp()
