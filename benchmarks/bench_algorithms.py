@@ -1,6 +1,7 @@
 """Gradient steps/s and acting latency of every offline-RL agent at its default (HalfCheetah) size.
 
     python benchmarks/bench_algorithms.py --seconds 5 --threads 2
+    python benchmarks/bench_algorithms.py --device cuda --variants fp32 auto   # on a GPU
 
 Training: agent.update on a random batch of the config's batch size (17-d observations, 6-d actions),
 timed after warm-up, for precision fp32 and auto (bf16 autocast where the CPU is fast at it), and auto with
@@ -32,29 +33,43 @@ AGENTS = [  # (label, config, overrides, sample-step settings for the latency ta
 ]
 
 
-def batch_of(size: int) -> dict:
-    return {"obs": {"state": torch.randn(size, OBS)}, "next_obs": {"state": torch.randn(size, OBS)},
-            "act": torch.rand(size, ACT) * 2 - 1, "rew": torch.randn(size, 1), "tml": torch.zeros(size, 1)}
+VARIANTS = {"fp32": ("fp32", False), "auto": ("auto", False), "auto+compile": ("auto", True)}
+
+
+def batch_of(size: int, device) -> dict:
+    return {"obs": {"state": torch.randn(size, OBS, device=device)},
+            "next_obs": {"state": torch.randn(size, OBS, device=device)},
+            "act": torch.rand(size, ACT, device=device) * 2 - 1, "rew": torch.randn(size, 1, device=device),
+            "tml": torch.zeros(size, 1, device=device)}
+
+
+def sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def updates_per_second(agent, batch: dict, seconds: float) -> float:
     for _ in range(5):
         agent.update(batch)
+    sync(agent.device)
     n, t0 = 0, time.perf_counter()
     while time.perf_counter() - t0 < seconds:
         agent.update(batch)
         n += 1
+    sync(agent.device)  # queued GPU work counts
     return n / (time.perf_counter() - t0)
 
 
 @torch.no_grad()
 def act_ms(agent, repeats: int = 20) -> float:
-    obs = torch.randn(1, OBS)
+    obs = torch.randn(1, OBS, device=agent.device)
     agent.act(obs)
     times = []
     for _ in range(repeats):
+        sync(agent.device)
         t = time.perf_counter()
         agent.act(obs)
+        sync(agent.device)
         times.append(time.perf_counter() - t)
     return 1000 * statistics.median(times)
 
@@ -63,25 +78,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                    help="training variants to time (auto: bf16 autocast where the hardware is fast at it)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"torch {torch.__version__}, {args.threads} threads\n")
-    print(f"{'agent':<22}{'batch':>6}{'fp32 upd/s':>12}{'auto upd/s':>12}{'+compile':>10}")
+    device = torch.device(args.device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{args.threads} threads"
+    print(f"torch {torch.__version__}, {where}\n")
+    print(f"{'agent':<22}{'batch':>6}" + "".join(f"{v + ' upd/s':>20}" for v in args.variants))
     latency_rows = []
     for label, config, overrides, settings in AGENTS:
         rates = {}
-        for precision, compiled in (("fp32", False), ("auto", False), ("auto", True)):
+        for variant in args.variants:
+            precision, compiled = VARIANTS[variant]
             cfg = load_config(config, [*overrides, f"precision={precision}"])
-            agent = build_agent(cfg, OBS, ACT, torch.device("cpu"))
+            agent = build_agent(cfg, OBS, ACT, device)
             if compiled:
                 compile_agent(agent)
+            batch = batch_of(cfg.batch_size, device)
             if config == "idql" and "agent.actor=cd" in overrides:
-                agent.update(batch_of(cfg.batch_size))  # step 1 starts the distillation
-            rates[precision + "+compile" * compiled] = updates_per_second(agent, batch_of(cfg.batch_size),
-                                                                         args.seconds)
-        print(f"{label:<22}{cfg.batch_size:>6}{rates['fp32']:>12.1f}{rates['auto']:>12.1f}"
-              f"{rates['auto+compile']:>10.1f}", flush=True)
+                agent.update(batch)  # step 1 starts the distillation
+            rates[variant] = updates_per_second(agent, batch, args.seconds)
+        print(f"{label:<22}{cfg.batch_size:>6}" + "".join(f"{rates[v]:>20.1f}" for v in args.variants), flush=True)
         agent.eval()
         for k in settings:
             if k is not None:

@@ -115,6 +115,22 @@ def test_bf16_learns_as_well_as_fp32():
     assert scores["bf16"]["sw"] < scores["fp32"]["sw"] + 0.015, scores
 
 
+def test_auto_precision_is_bf16_only_on_fast_bf16_cpus(monkeypatch):
+    import cleandiffuser.diffusion.base as base
+    model = ContinuousEDM(small_net(), **FAST)
+    for fast_cpu in (True, False):
+        monkeypatch.setattr(base, "cpu_has_fast_bf16", lambda: fast_cpu)
+        model.set_precision("auto")
+        assert model.autocast_dtype == (torch.bfloat16 if fast_cpu else None)
+    model.device = torch.device("cuda")  # the rule only (no GPU needed): small models are launch-bound there
+    model.set_precision("auto")
+    assert model.autocast_dtype is None
+    model.set_precision("bf16")
+    assert model.autocast_dtype is torch.bfloat16
+    with pytest.raises(ValueError, match="precision='fp16' is not one of"):
+        model.set_precision("fp16")
+
+
 def test_differentiable_sampling_reaches_the_weights():
     model = DiscreteDiffusionSDE(small_net(), diffusion_steps=5, **FAST)
     with torch.inference_mode():  # acting first fills the samplers' caches (grids, constants) ...
