@@ -78,12 +78,23 @@ def last_log_wall(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_s"]) if rows and rows[-1].get("wall_s") else None
 
 
+def trained_on(run_dir: Path) -> str:
+    """'cpu', or the GPU's name, from the run's environment.json."""
+    try:
+        env = json.loads((run_dir / "environment.json").read_text())
+    except (OSError, ValueError):
+        return "?"
+    return (env.get("cuda") or "?") if str(env.get("device", "cpu")).startswith("cuda") else "cpu"
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", choices=sorted(PLANS), required=True)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--only", nargs="+", help="names of plan entries to run (default: all)")
     ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for new runs, e.g. compile=false on a GPU (recorded in each run's config)")
     args = ap.parse_args()
     entries = [e for e in run_dirs(args.plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0] in args.only]
     if not args.report:
@@ -108,7 +119,7 @@ def main() -> int:
                 cmd += ["--resume", str(run_dir)]
             else:
                 cmd += [config, "--run-dir", str(run_dir), f"dataset={DATASETS[args.plan]}", f"seed={seed}",
-                        *overrides]
+                        *overrides, *args.set]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd, cwd=ROOT)
             lock.close()
@@ -129,11 +140,12 @@ def main() -> int:
     out.write_text(f"# {args.plan}\n\nCommand: `python experiments/offline_queue.py --plan {args.plan} --seeds "
                    f"{' '.join(map(str, args.seeds))}`; dataset {DATASETS[args.plan]}; each run's config and "
                    f"environment are in its run directory (runs/experiments/{args.plan}/). The ms/action column was "
-                   f"timed at the end of each run on cores shared with other jobs; idle-machine acting latency is in "
-                   f"results/bench_algorithms.md.\n\n{table}\n\n"
-                   "Training wall time of each run (s; summed over its sessions, else the wall_s of its log's "
-                   "last row): "
-                   + ", ".join(f"{Path(d).name} {w}" for d, w in walls.items()) + "\n"
+                   f"timed at the end of each run on shared hardware (CPU cores shared with other jobs, or one GPU "
+                   f"shared by many runs); idle-machine acting latency is in results/bench_algorithms.md.\n\n"
+                   f"{table}\n\n"
+                   "Training wall time (s; summed over its sessions, else the wall_s of its log's last row) and "
+                   "device of each run: "
+                   + ", ".join(f"{Path(d).name} {w} ({trained_on(Path(d))})" for d, w in walls.items()) + "\n"
                    + (NOTES + notes if notes else ""))
     print(table)
     print(f"\nwritten: {out}")
