@@ -180,3 +180,28 @@ def test_video_or_clear_warning(tmp_path):
             assert frames.shape == (res.lengths[0] + 1, 48, 64, 3) and frames.dtype == np.uint8
             assert frames.std() > 0
     assert json.loads((tmp_path / "summary.json").read_text())["video"] == res.video_path
+
+
+def test_broken_mujoco_renderer_gives_an_actionable_error(monkeypatch):
+    import builtins
+
+    from cleandiffuser.env import make_env, require_mujoco
+    from cleandiffuser.runner.offline import environment_info
+
+    real_import = builtins.__import__
+
+    def broken(name, *args, **kwargs):  # what mujoco does under MUJOCO_GL=egl without libEGL
+        if name == "mujoco":
+            raise AttributeError("'NoneType' object has no attribute 'eglQueryString'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    monkeypatch.setenv("MUJOCO_GL", "egl")
+    with pytest.raises(RuntimeError, match="MUJOCO_GL='egl'.*libegl1.*unset MUJOCO_GL"):
+        make_env("HalfCheetah-v5", seed=0)
+    with pytest.raises(RuntimeError, match="MUJOCO_GL='egl'"):
+        evaluate(lambda obs: obs[:, :6] * 0, "halfcheetah", n_episodes=1)
+    assert environment_info()["mujoco"].startswith("import failed: AttributeError")  # a run still starts
+    monkeypatch.delenv("MUJOCO_GL")
+    with pytest.raises(AttributeError):  # no backend chosen: the original error, unchanged
+        require_mujoco()

@@ -6,6 +6,7 @@ functions work without them (``pip install -e ".[mujoco]"`` for the environments
 """
 from __future__ import annotations
 
+import os
 import re
 from typing import Any
 
@@ -20,6 +21,7 @@ __all__ = [
     "env_family",
     "env_id_for",
     "make_env",
+    "require_mujoco",
     "normalized_score",
     "get_env_state",
     "set_env_state",
@@ -73,6 +75,25 @@ def normalized_score(env_name: str, returns):
     return float(s) if s.ndim == 0 else s
 
 
+def require_mujoco():
+    """Import mujoco, turning a renderer failure into an error that says what to do: with ``MUJOCO_GL`` set
+    (egl, osmesa, glfw) mujoco loads that OpenGL backend at import and fails obscurely when its system library
+    is missing (e.g. "'NoneType' object has no attribute 'eglQueryString'" without libEGL)."""
+    try:
+        import mujoco
+    except ImportError as e:
+        raise ImportError(f'mujoco is needed for the MuJoCo environments: pip install -e ".[mujoco]" ({e})') from e
+    except Exception as e:
+        backend = os.environ.get("MUJOCO_GL")
+        if not backend:
+            raise
+        raise RuntimeError(
+            f"mujoco failed to import with MUJOCO_GL={backend!r} ({type(e).__name__}: {e}). MUJOCO_GL picks the "
+            f"OpenGL backend and its system library must be installed (egl: libegl1; osmesa: libosmesa6; glfw: "
+            f"a display). Training and state-based evaluation need no rendering: unset MUJOCO_GL.") from e
+    return mujoco
+
+
 def make_env(env_id: str, seed: int | None = None, max_episode_steps: int = MAX_EPISODE_STEPS, **kwargs):
     """A gymnasium MuJoCo environment (e.g. ``HalfCheetah-v5``; family names such as
     ``halfcheetah`` work too) with a ``max_episode_steps`` time limit (truncation).
@@ -86,6 +107,7 @@ def make_env(env_id: str, seed: int | None = None, max_episode_steps: int = MAX_
         import gymnasium as gym
     except ImportError as e:  # pragma: no cover - depends on the install
         raise ImportError('gymnasium/mujoco are needed: pip install -e ".[mujoco]"') from e
+    require_mujoco()
     env = gym.make(env_id_for(env_id), max_episode_steps=max_episode_steps, **kwargs)
     if seed is not None:
         obs, _ = env.reset(seed=int(seed))

@@ -281,7 +281,10 @@ def evaluate(
     import gymnasium as gym
     from tqdm.auto import tqdm
 
-    from cleandiffuser.env import env_id_for, normalized_score
+    from cleandiffuser.env import ENV_IDS, env_id_for, normalized_score, require_mujoco
+
+    if env_id_for(env_id) in ENV_IDS.values():  # a MuJoCo task: fail early and clearly on a broken mujoco
+        require_mujoco()
 
     env_id = env_id_for(env_id)
     seeds = (int(seeds),) if np.isscalar(seeds) else tuple(int(s) for s in seeds)

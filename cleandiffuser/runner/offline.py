@@ -251,6 +251,8 @@ def environment_info() -> dict:
             info[mod] = __import__(mod).__version__
         except ImportError:
             info[mod] = None
+        except Exception as e:  # e.g. mujoco with a MUJOCO_GL backend whose library is missing: evaluation says more
+            info[mod] = f"import failed: {type(e).__name__}: {e}"
     try:
         root = Path(__file__).resolve().parents[2]
         info["git_commit"] = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
