@@ -7,10 +7,17 @@ Each run lives in runs/experiments/<plan>/<name>-seed<k>; a finished run (report
 interrupted one is resumed from its latest checkpoint, so the command can be killed and restarted at
 any time. The aggregate table (mean ± SE over training seeds) goes to results/<plan>.md.
 
-Several workers may share a plan: each run is claimed with a file lock, so on 2 cores two workers with
+Several workers may share plans: each run is claimed with a file lock, so on 2 cores two workers with
 one thread each (OMP_NUM_THREADS=1) finish more runs per hour than one worker with two threads:
 
     OMP_NUM_THREADS=1 python experiments/offline_queue.py --plan halfcheetah-medium-cpu &   # twice
+
+On a GPU, many trainings at once (these small agents leave one run launch-bound; 14 runs on an H100 gave ~4x
+one run's throughput), plans in order, missing datasets made by the first worker that needs them:
+
+    python experiments/offline_queue.py --plan hopper-medium-cpu walker2d-medium-cpu --workers 14 --set compile=false
+
+A run that fails leaves runs/experiments/<plan>/.locks/<run>.failed so other workers skip it; delete it to retry.
 """
 from __future__ import annotations
 
@@ -87,30 +94,45 @@ def trained_on(run_dir: Path) -> str:
     return (env.get("cuda") or "?") if str(env.get("device", "cpu")).startswith("cuda") else "cpu"
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--plan", choices=sorted(PLANS), required=True)
-    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--only", nargs="+", help="names of plan entries to run (default: all)")
-    ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
-    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                    help="extra config overrides for new runs, e.g. compile=false on a GPU (recorded in each run's config)")
-    args = ap.parse_args()
-    entries = [e for e in run_dirs(args.plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0] in args.only]
-    if not args.report:
-        lock_dir = ROOT / "runs" / "experiments" / args.plan / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        for run_dir, config, overrides, seed in entries:
-            if (run_dir / "report.json").is_file():
-                continue
-            lock = open(lock_dir / f"{run_dir.name}.lock", "w")
-            try:
-                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # another worker has this run
-                lock.close()
-                continue
+def dataset_ready(plan: str) -> bool:
+    from cleandiffuser.datagen.registry import dataset_path
+    return dataset_path(DATASETS[plan]).is_file()
+
+
+def make_dataset_if_free(plan: str, lock_dir: Path) -> bool | None:
+    """Make the plan's dataset unless another worker is making it: True once it exists, None if another worker
+    holds it (come back later), False if it cannot be made here."""
+    lock = open(lock_dir / f"data-{DATASETS[plan]}.lock", "w")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        return None
+    with lock:
+        if not dataset_ready(plan):
+            print(f"[{time.strftime('%H:%M:%S')}] making {DATASETS[plan]}", flush=True)
+            if subprocess.call([sys.executable, "-m", "cleandiffuser.cli", "dataset", "make", DATASETS[plan]],
+                               cwd=ROOT) != 0:
+                return False
+    return True
+
+
+def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
+    """Train every unclaimed, unfinished run of the plan; returns the runs that failed here."""
+    lock_dir = ROOT / "runs" / "experiments" / plan / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    failed = []
+    for run_dir, config, overrides, seed in entries:
+        if (run_dir / "report.json").is_file() or (lock_dir / f"{run_dir.name}.failed").is_file():
+            continue
+        lock = open(lock_dir / f"{run_dir.name}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another worker has this run
+            lock.close()
+            continue
+        with lock:
             if (run_dir / "report.json").is_file():  # finished while we waited for the lock
-                lock.close()
                 continue
             if run_dir.is_dir() and not (run_dir / "checkpoints" / "latest.ckpt").is_file():
                 shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
@@ -118,28 +140,73 @@ def main() -> int:
             if (run_dir / "checkpoints" / "latest.ckpt").is_file():
                 cmd += ["--resume", str(run_dir)]
             else:
-                cmd += [config, "--run-dir", str(run_dir), f"dataset={DATASETS[args.plan]}", f"seed={seed}",
-                        *overrides, *args.set]
+                cmd += [config, "--run-dir", str(run_dir), f"dataset={DATASETS[plan]}", f"seed={seed}",
+                        *overrides, *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
-            rc = subprocess.call(cmd, cwd=ROOT)
-            lock.close()
-            if rc != 0:
-                print(f"run failed with exit code {rc}: {run_dir}", flush=True)
-                return rc
+            if subprocess.call(cmd, cwd=ROOT) != 0:
+                # marked so that other workers do not retry it in a loop; delete the marker to retry
+                (lock_dir / f"{run_dir.name}.failed").write_text(" ".join(cmd) + "\n")
+                print(f"run failed: {run_dir} (marker {lock_dir / (run_dir.name + '.failed')})", flush=True)
+                failed.append(run_dir)
+    return failed
+
+
+def work(plans: list[str], entries: dict, extra: list[str]) -> int:
+    """One worker: the plans in order, each run claimed by a lock; a plan whose dataset another worker is
+    making is revisited until every plan is done or impossible."""
+    lock_dir = ROOT / "runs" / "experiments" / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    pending, failed = list(plans), []
+    while pending:
+        for plan in list(pending):
+            ready = dataset_ready(plan) or make_dataset_if_free(plan, lock_dir)
+            if ready is None:
+                continue
+            pending.remove(plan)
+            if ready is False:
+                print(f"cannot make {DATASETS[plan]}: skipping plan {plan}", flush=True)
+                failed.append(plan)
+                continue
+            failed += run_plan(plan, entries[plan], extra)
+        if pending:
+            time.sleep(10)
+    return 1 if failed else 0
+
+
+def spawn_workers(n: int) -> int:
+    """Run this command as n workers (one thread each), logs in runs/experiments/.logs/worker-<i>.log."""
+    import os
+    argv = sys.argv[1:]
+    i = argv.index("--workers")
+    argv = argv[:i] + argv[i + 2:]
+    log_dir = ROOT / "runs" / "experiments" / ".logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
+    procs = []
+    for k in range(n):
+        log = open(log_dir / f"worker-{k}.log", "a")
+        procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--worker"], cwd=ROOT, env=env, stdout=log,
+                                      stderr=subprocess.STDOUT))
+        time.sleep(1)  # staggered: the first claims of each worker differ
+    print(f"{n} workers started; logs in {log_dir}", flush=True)
+    return max(p.wait() for p in procs)
+
+
+def report(plan: str, entries, seeds) -> None:
     finished = [str(d) for d, *_ in entries if (d / "report.json").is_file()]
     if not finished:
-        print("no finished runs yet")
-        return 0
+        print(f"{plan}: no finished runs yet")
+        return
     from cleandiffuser.runner import aggregate_runs, format_aggregate
     rows = aggregate_runs(finished, labels={d: Path(d).name.rsplit("-seed", 1)[0] for d in finished})
-    table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[args.plan])
+    table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[plan])
     reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
     walls = {d: r.get("train_seconds") or last_log_wall(Path(d)) for d, r in reports.items()}
-    out = ROOT / "results" / f"{args.plan}.md"
+    out = ROOT / "results" / f"{plan}.md"
     notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
-    out.write_text(f"# {args.plan}\n\nCommand: `python experiments/offline_queue.py --plan {args.plan} --seeds "
-                   f"{' '.join(map(str, args.seeds))}`; dataset {DATASETS[args.plan]}; each run's config and "
-                   f"environment are in its run directory (runs/experiments/{args.plan}/). The ms/action column was "
+    out.write_text(f"# {plan}\n\nCommand: `python experiments/offline_queue.py --plan {plan} --seeds "
+                   f"{' '.join(map(str, seeds))}`; dataset {DATASETS[plan]}; each run's config and "
+                   f"environment are in its run directory (runs/experiments/{plan}/). The ms/action column was "
                    f"timed at the end of each run on shared hardware (CPU cores shared with other jobs, or one GPU "
                    f"shared by many runs); idle-machine acting latency is in results/bench_algorithms.md.\n\n"
                    f"{table}\n\n"
@@ -149,7 +216,31 @@ def main() -> int:
                    + (NOTES + notes if notes else ""))
     print(table)
     print(f"\nwritten: {out}")
-    return 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--plan", choices=sorted(PLANS), nargs="+", required=True, help="one or more plans, run in order")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--only", nargs="+", help="names of plan entries to run (default: all)")
+    ap.add_argument("--report", action="store_true", help="only aggregate finished runs")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="extra config overrides for new runs, e.g. compile=false on a GPU (recorded in each run's config)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="run as this many workers sharing the plans (several trainings on one GPU or many cores)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a spawned worker: no report
+    args = ap.parse_args()
+    if args.workers < 1:
+        ap.error("--workers must be >= 1")
+    entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0]
+                      in args.only] for plan in args.plan}
+    rc = 0
+    if not args.report:
+        rc = spawn_workers(args.workers) if args.workers > 1 else work(args.plan, entries, args.set)
+    if not args.worker:
+        for plan in args.plan:
+            report(plan, entries[plan], args.seeds)
+    return rc
 
 
 if __name__ == "__main__":
