@@ -143,7 +143,10 @@ def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
                 cmd += [config, "--run-dir", str(run_dir), f"dataset={DATASETS[plan]}", f"seed={seed}",
                         *overrides, *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
-            if subprocess.call(cmd, cwd=ROOT) != 0:
+            rc = subprocess.call(cmd, cwd=ROOT)
+            if rc < 0:  # killed by a signal (the machine or the user stopping jobs): resumable, not failed
+                sys.exit(f"run stopped by signal {-rc}: {run_dir} (resumes on the next start)")
+            if rc > 0:
                 # marked so that other workers do not retry it in a loop; delete the marker to retry
                 (lock_dir / f"{run_dir.name}.failed").write_text(" ".join(cmd) + "\n")
                 print(f"run failed: {run_dir} (marker {lock_dir / (run_dir.name + '.failed')})", flush=True)
