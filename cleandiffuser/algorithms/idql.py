@@ -208,16 +208,10 @@ class IDQLAgent(Agent):
 
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
-    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Actions (B, act_dim) for normalized observations obs (B, obs_dim).
-
-        1. Each observation is repeated `num_candidates` (N) times and the actor draws all B * N
-           candidate actions in ONE batched `actor.sample` call (EMA weights).
-        2. Each candidate is scored with its advantage A = Q(s, a) - V(s) (target twin-Q minimum).
-        3. Per observation one candidate is kept: "greedy" takes argmax_a A; "softmax" samples one with
-           probabilities softmax(weight_temperature * A) over its N candidates (torch.multinomial;
-           `generator` makes this draw reproducible).
-        """
+    def candidates(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The N candidate actions (B, N, act_dim) per normalized observation (B, obs_dim) and their advantages
+        A = Q(s, a) - V(s) (B, N): each observation repeated N times, all B * N drawn in ONE batched
+        `actor.sample` call (EMA weights), scored with the target twin-Q minimum."""
         obs = _state(obs)
         if obs.dim() != 2:
             raise ValueError(f"obs must be (B, obs_dim), got shape {tuple(obs.shape)}")
@@ -229,9 +223,18 @@ class IDQLAgent(Agent):
         cand, _ = self.actor.sample(prior, solver=self.solver, n_samples=b * n, sample_steps=self.sample_steps,
                                     temperature=self.temperature, condition_cfg=obs_rep)
         adv = (self.critic.q(obs_rep, cand) - self.critic.v(obs_rep)).view(b, n)
+        return cand.view(b, n, act_dim), adv
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Actions (B, act_dim) for normalized observations obs (B, obs_dim): of the N `candidates` per
+        observation, "greedy" keeps argmax_a A; "softmax" samples one with probabilities
+        softmax(weight_temperature * A) over its N candidates (torch.multinomial; `generator` makes this draw
+        reproducible)."""
+        cand, adv = self.candidates(obs)
         if self.selection == "greedy":
             idx = adv.argmax(dim=1)
         else:
             probs = torch.softmax(self.weight_temperature * adv, dim=1)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(1)
-        return cand.view(b, n, act_dim)[torch.arange(b, device=cand.device), idx]
+        return cand[torch.arange(cand.shape[0], device=cand.device), idx]
