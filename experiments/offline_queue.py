@@ -221,6 +221,35 @@ def report(plan: str, entries, seeds) -> None:
     print(f"\nwritten: {out}")
 
 
+def summary(plans: list[str], entries: dict, out: Path) -> None:
+    """The seed-000 table in the paper's shape: one row per agent and sample-step setting, one column per plan's
+    dataset, each cell mean ± SE over the finished seeds (n = seeds)."""
+    from cleandiffuser.datagen.generate import dataset_info
+    from cleandiffuser.runner import aggregate_runs
+    order = [name for name, *_ in _SEED000]
+    cells: dict[tuple, dict[str, str]] = {}
+    for plan in plans:
+        finished = [str(d) for d, *_ in entries[plan] if (d / "report.json").is_file()]
+        labels = {d: Path(d).name.rsplit("-seed", 1)[0] for d in finished}
+        for r in aggregate_runs(finished, labels=labels) if finished else []:
+            se = f" ± {r['score_se']:.1f}" if len(r["seeds"]) > 1 else ""
+            cells.setdefault((r["algo"], r["sample_steps"]), {})[plan] = \
+                f"{r['score_mean']:.1f}{se} (n={len(r['seeds'])})"
+    rows = sorted(cells, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), str(k[1])))
+    head = "| agent | sample steps | " + " | ".join(DATASETS[p] for p in plans) + " |"
+    lines = [head, "|---|---:|" + "---:|" * len(plans)]
+    lines += [f"| {a} | {k} | " + " | ".join(cells[(a, k)].get(p, "-") for p in plans) + " |" for a, k in rows]
+    lines.append("| behaviour data | - | " + " | ".join(f"{dataset_info(DATASETS[p]).get('normalized_score'):.1f}"
+                                                     for p in plans) + " |")
+    out.write_text("# Offline RL: the seed-000 table on the generated datasets\n\n"
+                   f"Command: `python experiments/offline_queue.py --plan {' '.join(plans)} --summary`. Normalized "
+                   "score, mean ± SE over training seeds (n), 10 episodes per seed, 20,000 gradient steps per run "
+                   "(CPU-sized budgets; the papers train 1M-3M). Per-plan tables with wall times and devices: "
+                   "results/<plan>.md.\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"\nwritten: {out}")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--plan", choices=sorted(PLANS), nargs="+", required=True, help="one or more plans, run in order")
@@ -231,12 +260,17 @@ def main() -> int:
                     help="extra config overrides for new runs, e.g. compile=false on a GPU (recorded in each run's config)")
     ap.add_argument("--workers", type=int, default=1,
                     help="run as this many workers sharing the plans (several trainings on one GPU or many cores)")
+    ap.add_argument("--summary", action="store_true",
+                    help="write results/offline-summary.md: the plans side by side (agents x datasets)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)  # a spawned worker: no report
     args = ap.parse_args()
     if args.workers < 1:
         ap.error("--workers must be >= 1")
     entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0]
                       in args.only] for plan in args.plan}
+    if args.summary:
+        summary(args.plan, entries, ROOT / "results" / "offline-summary.md")
+        return 0
     rc = 0
     if not args.report:
         rc = spawn_workers(args.workers) if args.workers > 1 else work(args.plan, entries, args.set)
