@@ -5,7 +5,8 @@ IDQL picks one of N (256) candidates by its advantage; that only helps if the ca
 each sample-step setting and prints, averaged over observations: the within-observation std of the
 candidates (action units, mean over action dimensions), the std of their advantages A = Q - V, the
 RMS distance from the dataset's own action to the nearest candidate (does the set cover what the data did?),
-and the dataset's action std for scale.
+the candidates' mean |a| against the data's (an averaged multimodal behaviour shrinks towards 0), and the
+dataset's action std for scale.
 
     python experiments/idql_candidate_spread.py runs/experiments/halfcheetah-medium-cpu/idql-edm-seed0 --steps 1 2 4
 """
@@ -28,7 +29,7 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     print(f"{'run':<48}{'steps':>6}{'candidate std':>15}{'advantage std':>15}{'data to nearest':>17}"
-          f"{'data action std':>17}")
+          f"{'mean |a|':>10}{'data |a|':>10}{'data action std':>17}")
     for run_dir in args.runs:
         run = load_agent(run_dir, device="cpu")
         if not hasattr(run.agent, "candidates"):
@@ -38,6 +39,7 @@ def main(argv=None) -> None:
         obs = run.normalizer.normalize(torch.as_tensor(data["observations"][idx], dtype=torch.float32))
         acts = torch.as_tensor(data["actions"][idx], dtype=torch.float32)
         data_std = float(np.asarray(data["actions"]).std(0).mean())
+        data_abs = acts.abs().mean().item()
         for k in args.steps:
             run.agent.sample_steps = k
             torch.manual_seed(args.seed)
@@ -45,7 +47,8 @@ def main(argv=None) -> None:
             cand = cand.float()
             nearest = (cand - acts[:, None]).pow(2).mean(2).min(1).values.sqrt().mean().item()
             print(f"{str(run_dir)[-48:]:<48}{k:>6}{cand.std(1).mean().item():>15.4f}"
-                  f"{adv.float().std(1).mean().item():>15.4f}{nearest:>17.4f}{data_std:>17.4f}", flush=True)
+                  f"{adv.float().std(1).mean().item():>15.4f}{nearest:>17.4f}{cand.abs().mean().item():>10.3f}"
+                  f"{data_abs:>10.3f}{data_std:>17.4f}", flush=True)
 
 
 if __name__ == "__main__":
