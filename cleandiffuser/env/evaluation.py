@@ -283,10 +283,9 @@ def evaluate(
 
     from cleandiffuser.env import ENV_IDS, env_id_for, normalized_score, require_mujoco
 
-    if env_id_for(env_id) in ENV_IDS.values():  # a MuJoCo task: fail early and clearly on a broken mujoco
-        require_mujoco()
-
     env_id = env_id_for(env_id)
+    if env_id in ENV_IDS.values():  # a MuJoCo task: fail early and clearly on a broken mujoco
+        require_mujoco()
     seeds = (int(seeds),) if np.isscalar(seeds) else tuple(int(s) for s in seeds)
     if not seeds:
         raise ValueError("seeds must not be empty")
