@@ -85,6 +85,15 @@ def last_log_wall(run_dir: Path) -> float | None:
     return float(rows[-1]["wall_s"]) if rows and rows[-1].get("wall_s") else None
 
 
+def entry_name(run_dir) -> str:
+    """The plan entry a run belongs to: runs/experiments/<plan>/<name>-seed<k> -> <name>."""
+    return Path(run_dir).name.rsplit("-seed", 1)[0]
+
+
+def finished_runs(entries) -> list[str]:
+    return [str(d) for d, *_ in entries if (d / "report.json").is_file()]
+
+
 def trained_on(run_dir: Path) -> str:
     """'cpu', or the GPU's name, from the run's environment.json."""
     try:
@@ -176,32 +185,32 @@ def work(plans: list[str], entries: dict, extra: list[str]) -> int:
     return 1 if failed else 0
 
 
-def spawn_workers(n: int) -> int:
-    """Run this command as n workers (one thread each), logs in runs/experiments/.logs/worker-<i>.log."""
+def spawn_workers(args) -> int:
+    """Run this command as args.workers workers (one thread each), logs in runs/experiments/.logs/worker-<i>.log."""
     import os
-    argv = sys.argv[1:]
-    i = argv.index("--workers")
-    argv = argv[:i] + argv[i + 2:]
+    argv = ["--plan", *args.plan, "--seeds", *map(str, args.seeds), "--worker"]
+    argv += ["--only", *args.only] if args.only else []
+    argv += ["--set", *args.set] if args.set else []
     log_dir = ROOT / "runs" / "experiments" / ".logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "PYTHONUNBUFFERED": "1"}
     procs = []
-    for k in range(n):
+    for k in range(args.workers):
         log = open(log_dir / f"worker-{k}.log", "a")
-        procs.append(subprocess.Popen([sys.executable, __file__, *argv, "--worker"], cwd=ROOT, env=env, stdout=log,
+        procs.append(subprocess.Popen([sys.executable, __file__, *argv], cwd=ROOT, env=env, stdout=log,
                                       stderr=subprocess.STDOUT))
         time.sleep(1)  # staggered: the first claims of each worker differ
-    print(f"{n} workers started; logs in {log_dir}", flush=True)
+    print(f"{args.workers} workers started; logs in {log_dir}", flush=True)
     return max(p.wait() for p in procs)
 
 
 def report(plan: str, entries, seeds) -> None:
-    finished = [str(d) for d, *_ in entries if (d / "report.json").is_file()]
+    finished = finished_runs(entries)
     if not finished:
         print(f"{plan}: no finished runs yet")
         return
     from cleandiffuser.runner import aggregate_runs, format_aggregate
-    rows = aggregate_runs(finished, labels={d: Path(d).name.rsplit("-seed", 1)[0] for d in finished})
+    rows = aggregate_runs(finished, labels={d: entry_name(d) for d in finished})
     table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[plan])
     reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
     walls = {d: r.get("train_seconds") or last_log_wall(Path(d)) for d, r in reports.items()}
@@ -229,9 +238,8 @@ def summary(plans: list[str], entries: dict, out: Path) -> None:
     order = [name for name, *_ in _SEED000]
     cells: dict[tuple, dict[str, str]] = {}
     for plan in plans:
-        finished = [str(d) for d, *_ in entries[plan] if (d / "report.json").is_file()]
-        labels = {d: Path(d).name.rsplit("-seed", 1)[0] for d in finished}
-        for r in aggregate_runs(finished, labels=labels) if finished else []:
+        finished = finished_runs(entries[plan])
+        for r in aggregate_runs(finished, labels={d: entry_name(d) for d in finished}) if finished else []:
             se = f" ± {r['score_se']:.1f}" if len(r["seeds"]) > 1 else ""
             cells.setdefault((r["algo"], r["sample_steps"]), {})[plan] = \
                 f"{r['score_mean']:.1f}{se} (n={len(r['seeds'])})"
@@ -266,14 +274,14 @@ def main() -> int:
     args = ap.parse_args()
     if args.workers < 1:
         ap.error("--workers must be >= 1")
-    entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or e[0].name.rsplit("-seed", 1)[0]
-                      in args.only] for plan in args.plan}
+    entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or entry_name(e[0]) in args.only]
+               for plan in args.plan}
     if args.summary:
         summary(args.plan, entries, ROOT / "results" / "offline-summary.md")
         return 0
     rc = 0
     if not args.report:
-        rc = spawn_workers(args.workers) if args.workers > 1 else work(args.plan, entries, args.set)
+        rc = spawn_workers(args) if args.workers > 1 else work(args.plan, entries, args.set)
     if not args.worker:
         for plan in args.plan:
             report(plan, entries[plan], args.seeds)
