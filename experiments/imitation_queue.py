@@ -4,13 +4,15 @@
     python experiments/imitation_queue.py --task lift --report   # table only
     python experiments/imitation_queue.py --task can --student-steps 5000   # a longer student, as ctmp-5000
     python experiments/imitation_queue.py --task can --ode-steps 4          # 4 teacher Heun steps per CTM target
+    python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run.
 
-Tasks: robosuite lift | can | square (robomimic-format HDF5) and Push-T (pusht, Diffusion Policy zarr).
+Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image (agentview and
+eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
-and an interrupted one resumed. The demonstrations are made first when missing (200 scripted demos,
-seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency Policy
+and an interrupted one resumed. The demonstrations are made first when missing (200 scripted demos, 100 with
+images, seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency Policy
 paper Tables I/III in shape: success ± SE over the rollouts, NFE, ms per action) goes to
 results/imitation-<task>.md.
 """
@@ -32,7 +34,9 @@ STEPS = {"edm": 5000, "ctmp": 1500, "ddim": 5000}  # the student starts as the t
 TASK = {"lift": [],
         "can": ["task.name=can", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
         "square": ["task.name=square", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
+        "lift-image": [],  # its own config files (*_lift_image.yaml): the observation keys differ
         "pusht": []}  # Push-T has its own config files (*_pusht.yaml); rollout horizon 300 as Diffusion Policy
+CONFIG_SUFFIX = {"pusht": "pusht", "lift-image": "lift_image"}  # the rest use the Lift files + TASK overrides
 NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
@@ -42,13 +46,22 @@ def dataset(task: str) -> Path:
     from cleandiffuser.datagen.registry import data_dir
     if task == "pusht":
         return data_dir() / "pusht" / "pusht-scripted-state.zarr"
+    if task.endswith("-image"):
+        return data_dir() / "robomimic" / f"{task.removesuffix('-image')}-scripted-image.hdf5"
     return data_dir() / "robomimic" / f"{task}-scripted-lowdim.hdf5"
 
 
+def n_demos(task: str) -> int:
+    return 100 if task.endswith("-image") else 200  # rendering two cameras costs ~0.1 s per step here
+
+
 def make_demos(task: str, out: Path) -> list[str]:
-    module = "pusht_demos" if task == "pusht" else "robosuite_demos"
-    return [sys.executable, "-m", f"cleandiffuser.datagen.{module}", *([] if task == "pusht" else ["--task", task]),
-            "--n", "200", "--seed", "0", "--out", str(out)]
+    if task == "pusht":
+        return [sys.executable, "-m", "cleandiffuser.datagen.pusht_demos", "--n", "200", "--seed", "0",
+                "--out", str(out)]
+    images = ["--images"] if task.endswith("-image") else []
+    return [sys.executable, "-m", "cleandiffuser.datagen.robosuite_demos", "--task", task.removesuffix("-image"),
+            *images, "--n", str(n_demos(task)), "--seed", "0", "--out", str(out)]
 
 
 def main() -> int:
@@ -67,7 +80,7 @@ def main() -> int:
         if not data.exists():
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
         teacher = base / "edm"
-        suffix = "pusht" if args.task == "pusht" else "lift"  # Can and Square use the Lift files + TASK overrides
+        suffix = CONFIG_SUFFIX.get(args.task, "lift")
         student = "ctmp" if args.student_steps == STEPS["ctmp"] else f"ctmp-{args.student_steps}"
         student += "" if args.ode_steps == 1 else f"-ode{args.ode_steps}"
         plan = [("edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
@@ -115,11 +128,14 @@ def main() -> int:
                          f"{row.get('ms_per_action', float('nan')):.1f} |")
     table = "\n".join(lines)
     out = ROOT / "results" / f"imitation-{args.task}.md"
-    kind = "Push-T demos (state observations)" if args.task == "pusht" else f"robosuite {args.task} demos (low-dim observations)"
+    kind = ("Push-T demos (state observations)" if args.task == "pusht" else
+            f"robosuite {args.task.removesuffix('-image')} demos "
+            + ("(agentview + eye-in-hand 84x84 images, proprioception)" if args.task.endswith("-image")
+               else "(low-dim observations)"))
     demos = " ".join(["python", *make_demos(args.task, data)[1:-1], "..."])
     notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
     out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
-                   f"`python experiments/imitation_queue.py --task {args.task}`; data: 200 scripted demos "
+                   f"`python experiments/imitation_queue.py --task {args.task}`; data: {n_demos(args.task)} scripted demos "
                    f"(`{demos}`); CPU budgets {STEPS}; configs and environments in "
                    f"runs/experiments/imitation-{args.task}/.\n\n{table}\n" + (NOTES + notes if notes else ""))
     print(table)

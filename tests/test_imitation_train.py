@@ -229,6 +229,44 @@ def test_bad_configs_give_clear_errors(lift_file, tmp_path, capsys):
     assert "diffusion_step_embed_dim" in msg and "share the architecture" in msg
 
 
+IMAGE_KEYS = ("agentview_image", "robot0_eye_in_hand_image")  # what robosuite_demos --images writes
+
+
+def test_image_lift_configs_teacher_student_baseline_and_get_policy(tmp_path):
+    """The *_lift_image configs on a robomimic file with two 84x84 cameras: the teacher trains, the student
+    distils from it keeping its encoder, the baseline inherits the same observations, and the deployed
+    policies take raw uint8 HWC frames."""
+    rng = np.random.default_rng(0)
+    demos = []
+    for _ in range(4):
+        obs = {k: rng.integers(0, 256, size=(20, 84, 84, 3), dtype=np.uint8) for k in IMAGE_KEYS}
+        obs |= {k: rng.normal(size=(20, KEYS[k])) for k in ("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos")}
+        demos.append({"obs": obs, "actions": rng.uniform(-1, 1, size=(20, 7)), "states": np.zeros((20, 3)),
+                      "rewards": np.zeros(20), "dones": np.zeros(20)})
+    path = tmp_path / "lift_image.hdf5"
+    write_robomimic_hdf5(path, demos, {"env_name": "Lift", "type": 1, "env_kwargs": {}})
+    small = [f"task.dataset_path={path}", *TINY, "policy.obs_encoder.resnet_width=0.125",
+             "policy.obs_encoder.num_kp=4", "training.steps=2", "training.val_every=0", "training.latency_repeats=1"]
+    teacher = tmp_path / "teacher"
+    assert run_from_cli("imitation/edm_lift_image", small, str(teacher), False, False) == 0
+    cfg = load_imitation_config("imitation/ctmp_lift_image", [*small, f"policy.teacher_path={teacher}",
+                                                              f"policy.edm={teacher}"])
+    assert cfg.policy.kind == "ctm" and list(cfg.shape_meta.obs)[:2] == list(IMAGE_KEYS)
+    train_imitation(cfg, run_dir=tmp_path / "student", progress=False, log=lambda *_: None)
+    ddim = load_imitation_config("imitation/ddim_lift_image", small)
+    assert ddim.policy.kind == "ddim" and ddim.shape_meta == cfg.shape_meta
+
+    t, s = get_policy(teacher, device="cpu"), get_policy(tmp_path / "student", device="cpu")
+    assert t.rgb_keys == s.rgb_keys == list(IMAGE_KEYS) and "object" not in t.obs_keys
+    enc_t = t.model.model_ema["condition"].state_dict()  # the student starts from the teacher's EMA weights
+    for net in (s.model.model, s.model.model_ema):  # and keeps that encoder frozen
+        enc_s = net["condition"].state_dict()
+        assert all(torch.equal(enc_t[k], enc_s[k]) for k in enc_t)
+    frame = {k: v[:2][None] for k, v in demos[0]["obs"].items()}
+    assert s.predict_action(frame)["action"].shape == (1, 4, 7)
+    assert t.predict_action(frame)["action"].shape == (1, 4, 7)
+
+
 def test_zarr_replay_data_and_cli_dispatch_helpers(lift_file, tmp_path):
     pytest.importorskip("zarr")
     from cleandiffuser.dataset import read_robomimic_hdf5, write_zarr_replay
