@@ -6,7 +6,8 @@
     python experiments/imitation_queue.py --task can --ode-steps 4          # 4 teacher Heun steps per CTM target
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
-One queue per task at a time: runs are not locked, so two queues on one task would train the same run.
+One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
+`--only` gives them disjoint runs (the baseline needs no teacher: `--only edm student` next to `--only ddim`).
 
 Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image (agentview and
 eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
@@ -73,6 +74,8 @@ def main() -> int:
     ap.add_argument("--ode-steps", type=int, default=1,
                     help="student's teacher Heun steps per CTM target (policy.ode_steps_max); other than 1 it trains "
                          "as ctmp[-<steps>]-ode<N>")
+    ap.add_argument("--only", nargs="+", choices=("edm", "student", "ddim"), default=("edm", "student", "ddim"),
+                    help="train only these runs (edm = the teacher; the student needs a finished teacher)")
     args = ap.parse_args()
     base = ROOT / "runs" / "experiments" / f"imitation-{args.task}"
     data = dataset(args.task)
@@ -83,11 +86,16 @@ def main() -> int:
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
         student = "ctmp" if args.student_steps == STEPS["ctmp"] else f"ctmp-{args.student_steps}"
         student += "" if args.ode_steps == 1 else f"-ode{args.ode_steps}"
-        plan = [("edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
-                (student, f"imitation/ctmp_{suffix}", args.student_steps,
+        plan = [("edm", "edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
+                ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}"]),
-                ("ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
-        for name, config, steps, extra in plan:
+                ("ddim", "ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
+        for role, name, config, steps, extra in plan:
+            if role not in args.only:
+                continue
+            if role == "student" and not (teacher / "report.json").is_file():
+                print(f"the student needs a finished teacher ({teacher}): run the queue with edm first", flush=True)
+                return 1
             run = base / name
             if (run / "report.json").is_file():
                 continue
