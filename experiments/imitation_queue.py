@@ -4,6 +4,7 @@
     python experiments/imitation_queue.py --task lift --report   # table only
     python experiments/imitation_queue.py --task can --student-steps 5000   # a longer student, as ctmp-5000
     python experiments/imitation_queue.py --task can --ode-steps 4          # 4 teacher Heun steps per CTM target
+    python experiments/imitation_queue.py --task can --student-bins 20      # a coarser grid for the student
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -41,6 +43,17 @@ CONFIG_SUFFIX = {"pusht": "pusht", "lift-image": "lift_image"}  # the rest use t
 NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
+
+
+KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins"}  # student run-name parts: ctmp-5000-ode4-bins20
+
+
+def student_knob(part: str) -> tuple[str, int]:
+    """'ode4' -> ('ode', 4); '5000' (the training steps) -> ('', 5000)."""
+    m = re.fullmatch(r"([a-z]*)(\d+)", part)
+    if m is None or (m[1] and m[1] not in KNOB_LABEL):
+        raise ValueError(f"unexpected student run-name part {part!r} (expected <steps>, ode<N> or bins<N>)")
+    return m[1], int(m[2])
 
 
 def dataset(task: str) -> Path:
@@ -74,6 +87,9 @@ def main() -> int:
     ap.add_argument("--ode-steps", type=int, default=1,
                     help="student's teacher Heun steps per CTM target (policy.ode_steps_max); other than 1 it trains "
                          "as ctmp[-<steps>]-ode<N>")
+    ap.add_argument("--student-bins", type=int, default=None,
+                    help="the student's discretization (policy.noise_scheduler.bins; the teacher's 80 by default); "
+                         "set, it trains as ctmp[-<steps>][-ode<N>]-bins<N>")
     ap.add_argument("--only", nargs="+", choices=("edm", "student", "ddim"), default=("edm", "student", "ddim"),
                     help="train only these runs (edm = the teacher; the student needs a finished teacher)")
     args = ap.parse_args()
@@ -86,9 +102,12 @@ def main() -> int:
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
         student = "ctmp" if args.student_steps == STEPS["ctmp"] else f"ctmp-{args.student_steps}"
         student += "" if args.ode_steps == 1 else f"-ode{args.ode_steps}"
+        student += "" if args.student_bins is None else f"-bins{args.student_bins}"
+        bins = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
         plan = [("edm", "edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
-                 [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}"]),
+                 [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",
+                  *bins]),
                 ("ddim", "ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
         for role, name, config, steps, extra in plan:
             if role not in args.only:
@@ -117,7 +136,7 @@ def main() -> int:
               + "rollouts | val action MSE | ms per chunk (batch 1) |")
     lines = [header, "|---|---:|---:|---:|" + ("---:|" if cover else "") + "---:|---:|---:|"]
     students = sorted((p.name for p in base.glob("ctmp-*")),
-                      key=lambda n: tuple(int(x.removeprefix("ode")) for x in n.split("-")[1:]))
+                      key=lambda n: [student_knob(x) for x in n.split("-")[1:]])
     for name in ("edm", "ddim", "ctmp", *students):
         path = base / name / "report.json"
         if not path.is_file():
@@ -126,8 +145,9 @@ def main() -> int:
         for row in rep.get("rows", []):
             sr, se = row.get("success_rate"), row.get("success_se")
             success = f"{sr:.2f} ± {se:.2f}" if sr is not None else "n/a"
-            ode = name.rpartition("-ode")[2] if "-ode" in name else ""
-            setting = row.get("setting", name) + (f" (ode_steps_max {ode})" if ode else "")
+            knobs = [student_knob(x) for x in name.split("-")[1:]] if name.startswith("ctmp") else []
+            knobs = ", ".join(f"{KNOB_LABEL[k]} {v}" for k, v in knobs if k)
+            setting = row.get("setting", name) + (f" ({knobs})" if knobs else "")
             if cover:
                 cov, cse = row.get("mean_max_coverage"), row.get("max_coverage_se")
                 success += f" | {cov:.3f} ± {cse:.3f}" if cov is not None else " | n/a"
