@@ -152,3 +152,27 @@ def test_render_images_from_states(lift_file):
     for v in ims.values():
         assert v.shape == (2, 32, 32, 3) and v.dtype == np.uint8 and v.std() > 0
     env.close()
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096 / 2**20
+
+
+def test_rendering_env_frees_its_old_simulators_on_reset(lift_file):
+    """Each hard reset rebuilds the simulator and its render context (~330 MB under software EGL); without
+    collecting the old ones, an image evaluation's envs grew by that much per episode until the OOM killer."""
+    path, _ = lift_file
+    env_args = read_robomimic_hdf5(path).env_args
+    try:
+        env = rd.make_env(env_args, seed=0, images=True)
+        rd.reset_episode(env, 0)
+    except Exception as e:  # noqa: BLE001 - no EGL / OSMesa here
+        pytest.skip(f"offscreen rendering unavailable: {type(e).__name__}: {e}")
+    before = _rss_mb()
+    for i in range(1, 7):
+        obs = rd.reset_episode(env, i)
+        assert obs["agentview_image"].shape == (84, 84, 3)
+    grown = _rss_mb() - before
+    env.close()
+    assert grown < 250, f"memory grew by {grown:.0f} MB over 6 resets"
