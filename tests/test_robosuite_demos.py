@@ -159,9 +159,11 @@ def _rss_mb() -> float:
         return int(f.read().split()[1]) * 4096 / 2**20
 
 
-def test_rendering_env_frees_its_old_simulators_on_reset(lift_file):
-    """Each hard reset rebuilds the simulator and its render context (~330 MB under software EGL); without
-    collecting the old ones, an image evaluation's envs grew by that much per episode until the OOM killer."""
+def test_rendering_env_hard_resets_keep_frames_right_and_memory_flat(lift_file):
+    """Each hard reset rebuilds the simulator and its render context (~330 MB under software EGL). Left to the
+    garbage collector, old contexts piled up until the OOM killer came, and when one was finally collected it
+    deleted the live context's framebuffer: black or garbled frames. A long-lived env must render what a
+    fresh env renders for the same episode, and not grow."""
     path, _ = lift_file
     env_args = read_robomimic_hdf5(path).env_args
     try:
@@ -169,10 +171,24 @@ def test_rendering_env_frees_its_old_simulators_on_reset(lift_file):
         rd.reset_episode(env, 0)
     except Exception as e:  # noqa: BLE001 - no EGL / OSMesa here
         pytest.skip(f"offscreen rendering unavailable: {type(e).__name__}: {e}")
+
+    def frames(e, seed):
+        raw, out = rd.reset_episode(e, seed), []
+        for _ in range(3):
+            out.append(rd.robomimic_obs(raw, list(rd.IMAGE_KEYS)))
+            raw, *_ = e.step(np.zeros(7))
+        return out
+
     before = _rss_mb()
-    for i in range(1, 7):
-        obs = rd.reset_episode(env, i)
-        assert obs["agentview_image"].shape == (84, 84, 3)
+    for seed in range(1, 7):
+        long_lived = frames(env, seed)
     grown = _rss_mb() - before
+    fresh_env = rd.make_env(env_args, seed=0, images=True)
+    fresh = frames(fresh_env, 6)
+    for a, b in zip(long_lived, fresh):
+        for k in rd.IMAGE_KEYS:
+            assert a[k].shape == (84, 84, 3) and a[k].mean() > 40  # Lift's scenes are bright
+            np.testing.assert_array_equal(a[k], b[k])
+    fresh_env.close()
     env.close()
     assert grown < 250, f"memory grew by {grown:.0f} MB over 6 resets"

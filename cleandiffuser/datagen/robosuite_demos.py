@@ -588,21 +588,34 @@ def scripted_policy(task: str, rng=None, noise: float = 1.0) -> _Scripted:
 
 
 # --------------------------------------------------------------------------- rollouts
-def free_old_sim(env) -> None:
-    """Collect the simulator a hard reset just replaced. robosuite's hard reset (its default) rebuilds
-    the MjSim; the old one, with its offscreen render context (~330 MB each under software EGL), sits in
-    a reference cycle that Python's collector, which counts only Python objects, leaves for many resets:
-    ten rendering envs ran out of 24 GB within one evaluation."""
-    if getattr(env, "has_offscreen_renderer", False):
+def _rebuild_sim(env, rebuild: Callable[[], Any]) -> Any:
+    """Run ``rebuild`` (a hard reset: robosuite makes a new MjSim and, when rendering, a new offscreen
+    render context) and free the old render context properly.
+
+    Left to the garbage collector, the old context is freed late and wrongly: it sits in a reference cycle
+    (~330 MB under software EGL; ten rendering envs ran out of 24 GB within one evaluation), and its
+    ``__del__`` frees its MuJoCo GL objects while the *new* context is current, deleting the new one's
+    framebuffer and textures (same ids): frames come out black or garbled. So the old one is freed here,
+    with its own GL context current, before the rebuild; the collector then finds nothing left to free."""
+    old = getattr(getattr(env, "sim", None), "_render_context_offscreen", None)
+    if old is not None and getattr(old, "gl_ctx", None) is not None:
+        old.gl_ctx.make_current()
+        old.con.free()
+        old.gl_ctx.free()
+    out = rebuild()
+    if old is not None:
         gc.collect()
+        new = getattr(env.sim, "_render_context_offscreen", None)
+        if new is not None:
+            new.gl_ctx.make_current()
+    return out
 
 
 def reset_env(env) -> dict:
-    """``env.reset()``, freeing the simulator it replaces (:func:`free_old_sim`)."""
-    raw = env.reset()
+    """``env.reset()``; a hard reset frees the render context it replaces (:func:`_rebuild_sim`)."""
     if getattr(env, "hard_reset", True):
-        free_old_sim(env)
-    return raw
+        return _rebuild_sim(env, env.reset)
+    return env.reset()
 
 
 def run_scripted_episode(env, policy: _Scripted, horizon: int, *, success_steps: int = 5,
@@ -662,8 +675,7 @@ def reset_to(env, state: np.ndarray, model_file: str | None = None) -> dict:
     here follows the recorded states up to small float differences (the MJCF round trip is not
     bit-exact), which contact dynamics can amplify."""
     if model_file is not None:
-        env.reset_from_xml_string(env.edit_model_xml(model_file))
-        free_old_sim(env)
+        _rebuild_sim(env, lambda: env.reset_from_xml_string(env.edit_model_xml(model_file)))
         env.sim.reset()
     for robot in env.robots:
         for g in getattr(robot, "gripper", {}).values():
