@@ -56,26 +56,30 @@ def student_knob(part: str) -> tuple[str, int]:
     return m[1], int(m[2])
 
 
+def robosuite_task(task: str) -> tuple[str, bool]:
+    """'lift-image' -> ('lift', True): the robosuite task and whether its observations are images."""
+    return task.removesuffix("-image"), task.endswith("-image")
+
+
 def dataset(task: str) -> Path:
     from cleandiffuser.datagen.registry import data_dir
     if task == "pusht":
         return data_dir() / "pusht" / "pusht-scripted-state.zarr"
-    if task.endswith("-image"):
-        return data_dir() / "robomimic" / f"{task.removesuffix('-image')}-scripted-image.hdf5"
-    return data_dir() / "robomimic" / f"{task}-scripted-lowdim.hdf5"
+    name, images = robosuite_task(task)
+    return data_dir() / "robomimic" / f"{name}-scripted-{'image' if images else 'lowdim'}.hdf5"
 
 
 def n_demos(task: str) -> int:
-    return 100 if task.endswith("-image") else 200  # rendering two cameras costs ~0.1 s per step here
+    return 100 if robosuite_task(task)[1] else 200  # rendering two cameras costs ~0.1 s per step here
 
 
 def make_demos(task: str, out: Path) -> list[str]:
     if task == "pusht":
         return [sys.executable, "-m", "cleandiffuser.datagen.pusht_demos", "--n", "200", "--seed", "0",
                 "--out", str(out)]
-    images = ["--images"] if task.endswith("-image") else []
-    return [sys.executable, "-m", "cleandiffuser.datagen.robosuite_demos", "--task", task.removesuffix("-image"),
-            *images, "--n", str(n_demos(task)), "--seed", "0", "--out", str(out)]
+    name, images = robosuite_task(task)
+    return [sys.executable, "-m", "cleandiffuser.datagen.robosuite_demos", "--task", name,
+            *(["--images"] if images else []), "--n", str(n_demos(task)), "--seed", "0", "--out", str(out)]
 
 
 def main() -> int:
@@ -156,10 +160,10 @@ def main() -> int:
                          f"{row.get('ms_per_action', float('nan')):.1f} |")
     table = "\n".join(lines)
     out = ROOT / "results" / f"imitation-{args.task}.md"
+    name, images = robosuite_task(args.task)
     kind = ("Push-T demos (state observations)" if args.task == "pusht" else
-            f"robosuite {args.task.removesuffix('-image')} demos "
-            + ("(agentview + eye-in-hand 84x84 images, proprioception)" if args.task.endswith("-image")
-               else "(low-dim observations)"))
+            f"robosuite {name} demos " + ("(agentview + eye-in-hand 84x84 images, proprioception)" if images
+                                          else "(low-dim observations)"))
     demos = " ".join(["python", *make_demos(args.task, data)[1:-1], "..."])
     notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
     out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
