@@ -5,7 +5,9 @@
 
 Each run lives in runs/experiments/<plan>/<name>-seed<k>; a finished run (report.json) is skipped, an
 interrupted one is resumed from its latest checkpoint, so the command can be killed and restarted at
-any time. The aggregate table (mean ± SE over training seeds) goes to results/<plan>.md.
+any time. The aggregate table (mean ± SE over training seeds) goes to results/<plan>.md, and each finished
+run's record (report.json, config.yaml, environment.json: a few KB) is copied to results/records/<plan>/<run>/,
+so the tables regenerate, and finished runs are skipped, on a checkout without the run directories.
 
 Several workers may share plans: each run is claimed with a file lock, so on 2 cores two workers with
 one thread each (OMP_NUM_THREADS=1) finish more runs per hour than one worker with two threads:
@@ -58,6 +60,32 @@ PLANS["halfcheetah-medium-edp-ablation-cpu"] = [
 ]
 
 
+RECORDS = ROOT / "results" / "records"
+RECORD_FILES = ("report.json", "config.yaml", "environment.json")
+
+
+def record_dir(run_dir: Path) -> Path:
+    """Where a run's committed record lives: results/records/<plan>/<run>."""
+    return RECORDS / run_dir.parent.name / run_dir.name
+
+
+def finished_dir(run_dir: Path) -> Path | None:
+    """The run directory if its report is there, else its committed record if that exists, else None."""
+    for d in (run_dir, record_dir(run_dir)):
+        if (d / "report.json").is_file():
+            return d
+    return None
+
+
+def keep_record(run_dir: Path) -> None:
+    """Copy a finished run's small files into results/records/ (its checkpoints and logs stay in runs/)."""
+    out = record_dir(run_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        if (run_dir / name).is_file():
+            shutil.copyfile(run_dir / name, out / name)
+
+
 def run_dirs(plan: str, seeds) -> list[tuple[Path, str, list[str], int]]:
     out = []
     for seed in seeds:
@@ -91,7 +119,8 @@ def entry_name(run_dir) -> str:
 
 
 def finished_runs(entries) -> list[str]:
-    return [str(d) for d, *_ in entries if (d / "report.json").is_file()]
+    """Each finished run's directory, or its committed record where the run directory is gone."""
+    return [str(f) for f in (finished_dir(d) for d, *_ in entries) if f is not None]
 
 
 def trained_on(run_dir: Path) -> str:
@@ -132,7 +161,7 @@ def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
     lock_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for run_dir, config, overrides, seed in entries:
-        if (run_dir / "report.json").is_file() or (lock_dir / f"{run_dir.name}.failed").is_file():
+        if finished_dir(run_dir) or (lock_dir / f"{run_dir.name}.failed").is_file():
             continue
         lock = open(lock_dir / f"{run_dir.name}.lock", "w")
         try:
@@ -204,21 +233,38 @@ def spawn_workers(args) -> int:
     return max(p.wait() for p in procs)
 
 
+def tabulated_runs(table: Path) -> list[str]:
+    """The run names a results/<plan>.md lists in its wall-time line ('<name>-seed<k> <seconds> (<device>)')."""
+    import re
+    text = table.read_text().partition(NOTES)[0] if table.is_file() else ""
+    line = next((ln for ln in text.splitlines() if ln.startswith("Training wall time")), "")
+    return re.findall(r"([\w.-]+-seed\d+) [\d.]+ \(", line.partition(": ")[2])
+
+
 def report(plan: str, entries, seeds) -> None:
+    for run_dir, *_ in entries:
+        if (run_dir / "report.json").is_file():
+            keep_record(run_dir)
     finished = finished_runs(entries)
     if not finished:
         print(f"{plan}: no finished runs yet")
+        return
+    out = ROOT / "results" / f"{plan}.md"
+    lost = sorted(set(tabulated_runs(out)) - {Path(d).name for d in finished})
+    if lost:  # runs tabulated before records were kept, whose run directories are not on this machine
+        print(f"{plan}: not rewriting {out}: it tabulates runs with neither a run directory nor a record in "
+              f"results/records/{plan}/: {', '.join(lost)}")
         return
     from cleandiffuser.runner import aggregate_runs, format_aggregate
     rows = aggregate_runs(finished, labels={d: entry_name(d) for d in finished})
     table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[plan])
     reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
     walls = {d: r.get("train_seconds") or last_log_wall(Path(d)) for d, r in reports.items()}
-    out = ROOT / "results" / f"{plan}.md"
     notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
     out.write_text(f"# {plan}\n\nCommand: `python experiments/offline_queue.py --plan {plan} --seeds "
                    f"{' '.join(map(str, seeds))}`; dataset {DATASETS[plan]}; each run's config and "
-                   f"environment are in its run directory (runs/experiments/{plan}/). The ms/action column was "
+                   f"environment are in results/records/{plan}/<run>/ (runs/experiments/{plan}/ on the machine that trained "
+                   f"it holds its logs and checkpoints). The ms/action column was "
                    f"timed at the end of each run on shared hardware (CPU cores shared with other jobs, or one GPU "
                    f"shared by many runs); idle-machine acting latency is in results/bench_algorithms.md.\n\n"
                    f"{table}\n\n"
@@ -236,6 +282,13 @@ def summary(plans: list[str], entries: dict, out: Path) -> None:
     from cleandiffuser.datagen.generate import dataset_info
     from cleandiffuser.runner import aggregate_runs
     order = [name for name, *_ in _SEED000]
+    for plan in plans:
+        finished = {Path(d).name for d in finished_runs(entries[plan])}
+        lost = sorted(set(tabulated_runs(ROOT / "results" / f"{plan}.md")) - finished)
+        if lost:
+            print(f"not rewriting {out}: results/{plan}.md tabulates runs with neither a run directory nor a "
+                  f"record in results/records/{plan}/: {', '.join(lost)}")
+            return
     cells: dict[tuple, dict[str, str]] = {}
     for plan in plans:
         finished = finished_runs(entries[plan])
