@@ -14,9 +14,11 @@ one thread each (OMP_NUM_THREADS=1) finish more runs per hour than one worker wi
 
     OMP_NUM_THREADS=1 python experiments/offline_queue.py --plan halfcheetah-medium-cpu &   # twice
 
-On a GPU, many trainings at once (these small agents leave one run launch-bound; 14 runs on an H100 gave ~4x
-one run's throughput), plans in order, missing datasets made by the first worker that needs them:
+On a GPU, many trainings at once (these small agents leave one run launch-bound), plans in order, missing
+datasets made by the first worker that needs them. Start NVIDIA's MPS daemon first: under it 14 runs on an H100
+each kept a lone run's speed (~14x one run's throughput); without it they take turns on the GPU (~4x):
 
+    nvidia-cuda-mps-control -d
     python experiments/offline_queue.py --plan hopper-medium-cpu walker2d-medium-cpu --workers 14 --set compile=false
 
 A run that fails leaves runs/experiments/<plan>/.locks/<run>.failed so other workers skip it; delete it to retry.
