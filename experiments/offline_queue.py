@@ -278,37 +278,39 @@ def report(plan: str, entries, seeds) -> None:
     print(f"\nwritten: {out}")
 
 
-def summary(plans: list[str], entries: dict, out: Path) -> None:
+def plan_table(plan: str) -> tuple[dict[tuple[str, str], str], str | None]:
+    """The cells of results/<plan>.md (written by --report): {(agent, sample steps): "mean ± SE (n=seeds)"}, and the
+    behaviour data's score."""
+    path = ROOT / "results" / f"{plan}.md"
+    cells, behaviour = {}, None
+    for line in (path.read_text().partition(NOTES)[0] if path.is_file() else "").splitlines():
+        cols = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cols) != 8 or cols[0] in ("algo", "") or cols[0].startswith("-"):
+            continue
+        if cols[0] == "behaviour data":
+            behaviour = cols[6].split()[0]
+        else:
+            cells[(cols[0], cols[2])] = f"{cols[6]} (n={cols[4]})"
+    return cells, behaviour
+
+
+def summary(plans: list[str], out: Path) -> None:
     """The seed-000 table in the paper's shape: one row per agent and sample-step setting, one column per plan's
-    dataset, each cell mean ± SE over the finished seeds (n = seeds)."""
-    from cleandiffuser.datagen.generate import dataset_info
-    from cleandiffuser.runner import aggregate_runs
+    dataset, each cell mean ± SE over the finished seeds (n = seeds), read from the per-plan tables."""
     order = [name for name, *_ in _SEED000]
-    for plan in plans:
-        finished = {Path(d).name for d in finished_runs(entries[plan])}
-        lost = sorted(set(tabulated_runs(ROOT / "results" / f"{plan}.md")) - finished)
-        if lost:
-            print(f"not rewriting {out}: results/{plan}.md tabulates runs with neither a run directory nor a "
-                  f"record in results/records/{plan}/: {', '.join(lost)}")
-            return
-    cells: dict[tuple, dict[str, str]] = {}
-    for plan in plans:
-        finished = finished_runs(entries[plan])
-        for r in aggregate_runs(finished, labels={d: entry_name(d) for d in finished}) if finished else []:
-            se = f" ± {r['score_se']:.1f}" if len(r["seeds"]) > 1 else ""
-            cells.setdefault((r["algo"], r["sample_steps"]), {})[plan] = \
-                f"{r['score_mean']:.1f}{se} (n={len(r['seeds'])})"
-    rows = sorted(cells, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), str(k[1])))
+    tables = {plan: plan_table(plan) for plan in plans}
+    keys = {k for cells, _ in tables.values() for k in cells}
+    rows = sorted(keys, key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1]))
     head = "| agent | sample steps | " + " | ".join(DATASETS[p] for p in plans) + " |"
     lines = [head, "|---|---:|" + "---:|" * len(plans)]
-    lines += [f"| {a} | {k} | " + " | ".join(cells[(a, k)].get(p, "-") for p in plans) + " |" for a, k in rows]
-    lines.append("| behaviour data | - | " + " | ".join(f"{dataset_info(DATASETS[p]).get('normalized_score'):.1f}"
-                                                     for p in plans) + " |")
+    lines += [f"| {a} | {k} | " + " | ".join(tables[p][0].get((a, k), "-") for p in plans) + " |" for a, k in rows]
+    lines.append("| behaviour data | - | " + " | ".join(tables[p][1] or "-" for p in plans) + " |")
     out.write_text("# Offline RL: the seed-000 table on the generated datasets\n\n"
-                   f"Command: `python experiments/offline_queue.py --plan {' '.join(plans)} --summary`. Normalized "
-                   "score, mean ± SE over training seeds (n), 10 episodes per seed, 20,000 gradient steps per run "
-                   "(CPU-sized budgets; the papers train 1M-3M). Per-plan tables with wall times and devices: "
-                   "results/<plan>.md.\n\n" + "\n".join(lines) + "\n")
+                   f"Command: `python experiments/offline_queue.py --plan {' '.join(plans)} --summary` (it reads the "
+                   "per-plan tables results/<plan>.md that `--report` writes). Normalized score, mean ± SE over "
+                   "training seeds (n), 10 episodes per seed, 20,000 gradient steps per run (CPU-sized budgets; the "
+                   "papers train 1M-3M). Per-plan tables with wall times and devices: results/<plan>.md.\n\n"
+                   + "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten: {out}")
 
@@ -332,7 +334,7 @@ def main() -> int:
     entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or entry_name(e[0]) in args.only]
                for plan in args.plan}
     if args.summary:
-        summary(args.plan, entries, ROOT / "results" / "offline-summary.md")
+        summary(args.plan, ROOT / "results" / "offline-summary.md")
         return 0
     rc = 0
     if not args.report:

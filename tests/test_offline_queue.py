@@ -70,3 +70,15 @@ def test_a_table_is_not_rewritten_from_fewer_runs_than_it_lists(queue, capsys):
     finish(run["dql-seed1"], "dql", 1, 45.0)
     queue.report(plan, entries, [0, 1])
     assert "| dql |" in out.read_text() and (queue.RECORDS / plan / "dql-seed1" / "report.json").is_file()
+
+
+def test_summary_puts_the_plan_tables_side_by_side(queue):
+    plan = "halfcheetah-medium-cpu"
+    entries = [e for e in queue.run_dirs(plan, [0, 1]) if queue.entry_name(e[0]) == "dbc"]
+    for (run_dir, *_), score in zip(entries, (40.0, 44.0)):
+        finish(run_dir, "dbc", int(run_dir.name[-1]), score)
+    queue.report(plan, entries, [0, 1])
+    out = queue.ROOT / "results" / "offline-summary.md"
+    queue.summary([plan, "hopper-medium-cpu"], out)  # hopper-medium has no table: its column stays empty
+    assert "| dbc | 5 | 42.0 ± 2.0 (n=2) | - |" in out.read_text()
+    assert "| behaviour data | - | 40.0 | - |" in out.read_text()
