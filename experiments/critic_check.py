@@ -13,7 +13,7 @@ import h5py
 import numpy as np
 import torch
 
-from cleandiffuser.dataset.d4rl_mujoco_dataset import D4RLMuJoCoTDDataset
+from cleandiffuser.dataset.d4rl_mujoco_dataset import iql_reward_scale
 from cleandiffuser.dataset.sources import resolve_source
 from cleandiffuser.runner import load_agent
 
@@ -32,7 +32,7 @@ def main() -> None:
         raise SystemExit(f"{run.cfg.dataset}: a {kind} dataset; this check reads D4RL-format HDF5 files")
     with h5py.File(path, "r") as f:
         data = {k: f[k][()] for k in keys}
-    rew = D4RLMuJoCoTDDataset(data, normalize_reward=bool(run.cfg.normalize_reward)).rew.numpy()[:, 0]
+    rew = data["rewards"].astype(np.float64) * (iql_reward_scale(data) if run.cfg.normalize_reward else 1.0)
     n = min(args.rows, len(rew))
     fall = data["terminals"][:n].astype(bool)
     end = fall | data["timeouts"][:n].astype(bool)

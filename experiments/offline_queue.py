@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -237,7 +238,6 @@ def spawn_workers(args) -> int:
 
 def tabulated_runs(table: Path) -> list[str]:
     """The run names a results/<plan>.md lists in its wall-time line ('<name>-seed<k> <seconds> (<device>)')."""
-    import re
     text = table.read_text().partition(NOTES)[0] if table.is_file() else ""
     line = next((ln for ln in text.splitlines() if ln.startswith("Training wall time")), "")
     return re.findall(r"([\w.-]+-seed\d+) [\d.]+ \(", line.partition(": ")[2])
