@@ -13,7 +13,10 @@ One queue per task at a time: runs are not locked, so two queues on one task wou
 Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image (agentview and
 eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
-and an interrupted one resumed. The demonstrations are made first when missing (200 scripted demos, 100 with
+and an interrupted one resumed. Each finished run's record (report.json, config.yaml, environment.json) is copied to
+results/records/imitation-<task>/<run>/ (committed), so the table regenerates, and finished runs are skipped, on a
+checkout without the run directories; a new student still needs its teacher's weights, so a teacher known only by its
+record is trained again. The demonstrations are made first when missing (200 scripted demos, 100 with
 images, seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency Policy
 paper Tables I/III in shape: success ± SE over the rollouts, NFE, ms per action) goes to
 results/imitation-<task>.md.
@@ -28,6 +31,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from cleandiffuser.runner.rundir import finished_run, keep_record
 
 ROOT = Path(__file__).resolve().parents[1]
 # CPU budgets (the paper trains hundreds of epochs on a GPU); the table states them
@@ -46,6 +51,51 @@ COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging
 
 
 KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins"}  # student run-name parts: ctmp-5000-ode4-bins20
+RECORDS = ROOT / "results" / "records"
+
+
+def record_dir(run: Path) -> Path:
+    """results/records/imitation-<task>/<run>: the committed record of a run directory."""
+    return RECORDS / run.parent.name / run.name
+
+
+def student_name(steps: int, ode_steps: int = 1, bins: int | None = None) -> str:
+    """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>."""
+    name = "ctmp" if steps == STEPS["ctmp"] else f"ctmp-{steps}"
+    name += "" if ode_steps == 1 else f"-ode{ode_steps}"
+    return name + ("" if bins is None else f"-bins{bins}")
+
+
+def row_label(name: str, setting: str) -> str:
+    """A table row's policy cell: the inference setting, with a student's knobs from its run name."""
+    knobs = [student_knob(x) for x in name.split("-")[1:]] if name.startswith("ctmp") else []
+    knobs = ", ".join(f"{KNOB_LABEL[k]} {v}" for k, v in knobs if k)
+    return setting + (f" ({knobs})" if knobs else "")
+
+
+def row_run(line: str) -> str | None:
+    """Inverse of the table's rows: the run name a row came from ('| 1-step (bins 20) | 1,500 | ...' -> ctmp-bins20)."""
+    cells = [c.strip() for c in line.strip().strip("|").split("|")]
+    if len(cells) < 3 or not cells[1].replace(",", "").isdigit():
+        return None  # the header or its rule
+    setting, steps = cells[0], int(cells[1].replace(",", ""))
+    if setting.startswith("heun"):
+        return "edm"
+    if setting.startswith("ddim"):
+        return "ddim"
+    m = re.search(r"\(([^()]*)\)$", setting)
+    knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
+    by_label = {label: key for key, label in KNOB_LABEL.items()}
+    kw = {by_label[k]: int(v) for k, v in knobs.items()}
+    return student_name(steps, kw.get("ode", 1), kw.get("bins"))
+
+
+def run_order(name: str) -> tuple:
+    """Table order: teacher, baseline, then students by their run-name parts."""
+    fixed = {"edm": 0, "ddim": 1}
+    if name in fixed:
+        return (fixed[name], [])
+    return (2, [student_knob(x) for x in name.split("-")[1:]])
 
 
 def student_knob(part: str) -> tuple[str, int]:
@@ -82,6 +132,63 @@ def make_demos(task: str, out: Path) -> list[str]:
             *(["--images"] if images else []), "--n", str(n_demos(task)), "--seed", "0", "--out", str(out)]
 
 
+def table_rows(name: str, rep: dict, cover: bool) -> list[str]:
+    """A finished run's rows of the results table, one per inference setting it was evaluated at."""
+    lines = []
+    for row in rep.get("rows", []):
+        sr, se = row.get("success_rate"), row.get("success_se")
+        success = f"{sr:.2f} ± {se:.2f}" if sr is not None else "n/a"
+        if cover:
+            cov, cse = row.get("mean_max_coverage"), row.get("max_coverage_se")
+            success += f" | {cov:.3f} ± {cse:.3f}" if cov is not None else " | n/a"
+        lines.append(f"| {row_label(name, row.get('setting', name))} | {rep.get('steps', 0):,} | {row.get('nfe')} | "
+                     f"{success} | {row.get('episodes', 'n/a')} | {row.get('val_mse', float('nan')):.4f} | "
+                     f"{row.get('ms_per_action', float('nan')):.1f} |")
+    return lines
+
+
+def write_table(task: str) -> str:
+    """Record each finished run of the task, then (re)write results/imitation-<task>.md from the runs and records.
+
+    Rows of the existing table whose run has neither a directory nor a record here (runs tabulated before records
+    were kept) are carried over as they are, so a checkout without them adds rows instead of losing them."""
+    base = ROOT / "runs" / "experiments" / f"imitation-{task}"
+    records = RECORDS / base.name
+    for run in base.glob("*/report.json"):
+        keep_record(run.parent, record_dir(run.parent))
+    names = {p.parent.name for p in [*base.glob("*/report.json"), *records.glob("*/report.json")]}
+    out = ROOT / "results" / f"imitation-{task}.md"
+    old_text, _, notes = out.read_text().partition(NOTES) if out.is_file() else ("", "", "")
+    carried: dict[str, list[str]] = {}
+    for line in old_text.splitlines():
+        name = row_run(line) if line.startswith("|") else None
+        if name is not None and name not in names:
+            carried.setdefault(name, []).append(line)
+    cover = task == "pusht"  # Push-T is scored by coverage in the papers; success = coverage >= 0.95
+    lines = ["| policy | training steps | NFE | success (mean ± SE) | " + ("max coverage (mean ± SE) | " if cover else "")
+             + "rollouts | val action MSE | ms per chunk (batch 1) |",
+             "|---|---:|---:|---:|" + ("---:|" if cover else "") + "---:|---:|---:|"]
+    for name in sorted(names | set(carried), key=run_order):
+        if name in carried:
+            lines += carried[name]
+        else:
+            rep = json.loads((finished_run(base / name, records / name) / "report.json").read_text())
+            lines += table_rows(name, rep, cover)
+    table = "\n".join(lines)
+    robot_task, images = robosuite_task(task)
+    kind = ("Push-T demos (state observations)" if task == "pusht" else
+            f"robosuite {robot_task} demos " + ("(agentview + eye-in-hand 84x84 images, proprioception)" if images
+                                                else "(low-dim observations)"))
+    demos = " ".join(["python", *make_demos(task, dataset(task))[1:-1], "..."])
+    out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
+                   f"`python experiments/imitation_queue.py --task {task}`; data: {n_demos(task)} scripted demos "
+                   f"(`{demos}`); CPU budgets {STEPS}; each recorded run's config and environment are in "
+                   f"results/records/imitation-{task}/<run>/ (kept since session 11; runs/experiments/imitation-{task}/ on the machine that "
+                   f"trained it holds its logs and checkpoints).\n\n{table}\n" + (NOTES + notes if notes else ""))
+    print(table)
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=sorted(TASK), default="lift")
@@ -104,9 +211,7 @@ def main() -> int:
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
         teacher = base / "edm"
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
-        student = "ctmp" if args.student_steps == STEPS["ctmp"] else f"ctmp-{args.student_steps}"
-        student += "" if args.ode_steps == 1 else f"-ode{args.ode_steps}"
-        student += "" if args.student_bins is None else f"-bins{args.student_bins}"
+        student = student_name(args.student_steps, args.ode_steps, args.student_bins)
         bins = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
         plan = [("edm", "edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
@@ -114,14 +219,18 @@ def main() -> int:
                   *bins]),
                 ("ddim", "ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
         for role, name, config, steps, extra in plan:
-            if role not in args.only:
+            run = base / name
+            if role not in args.only or (run / "report.json").is_file():
                 continue
+            if finished_run(run, record_dir(run)) is not None:  # finished on another machine: its record is committed
+                if not (role == "edm" and "student" in args.only
+                        and finished_run(base / student, record_dir(base / student)) is None):
+                    continue
+                print(f"{run} is known only by its record and the student {student} needs its weights: training "
+                      "the teacher again", flush=True)
             if role == "student" and not (teacher / "report.json").is_file():
                 print(f"the student needs a finished teacher ({teacher}): run the queue with edm first", flush=True)
                 return 1
-            run = base / name
-            if (run / "report.json").is_file():
-                continue
             cmd = [sys.executable, "-m", "cleandiffuser.cli", "train", "--no-progress"]
             if run.exists() and not (run / "checkpoints" / "latest.ckpt").is_file():
                 shutil.rmtree(run)  # stopped before its first checkpoint: nothing to resume
@@ -135,44 +244,8 @@ def main() -> int:
             if subprocess.call(cmd, cwd=ROOT) != 0:
                 print(f"run failed: {run}", flush=True)
                 return 1
-    cover = args.task == "pusht"  # Push-T is scored by coverage in the papers; success = coverage >= 0.95
-    header = ("| policy | training steps | NFE | success (mean ± SE) | " + ("max coverage (mean ± SE) | " if cover else "")
-              + "rollouts | val action MSE | ms per chunk (batch 1) |")
-    lines = [header, "|---|---:|---:|---:|" + ("---:|" if cover else "") + "---:|---:|---:|"]
-    students = sorted((p.name for p in base.glob("ctmp-*")),
-                      key=lambda n: [student_knob(x) for x in n.split("-")[1:]])
-    for name in ("edm", "ddim", "ctmp", *students):
-        path = base / name / "report.json"
-        if not path.is_file():
-            continue
-        rep = json.loads(path.read_text())
-        for row in rep.get("rows", []):
-            sr, se = row.get("success_rate"), row.get("success_se")
-            success = f"{sr:.2f} ± {se:.2f}" if sr is not None else "n/a"
-            knobs = [student_knob(x) for x in name.split("-")[1:]] if name.startswith("ctmp") else []
-            knobs = ", ".join(f"{KNOB_LABEL[k]} {v}" for k, v in knobs if k)
-            setting = row.get("setting", name) + (f" ({knobs})" if knobs else "")
-            if cover:
-                cov, cse = row.get("mean_max_coverage"), row.get("max_coverage_se")
-                success += f" | {cov:.3f} ± {cse:.3f}" if cov is not None else " | n/a"
-            lines.append(f"| {setting} | {rep.get('steps', 0):,} | {row.get('nfe')} | {success} | "
-                         f"{row.get('episodes', 'n/a')} | {row.get('val_mse', float('nan')):.4f} | "
-                         f"{row.get('ms_per_action', float('nan')):.1f} |")
-    table = "\n".join(lines)
-    out = ROOT / "results" / f"imitation-{args.task}.md"
-    name, images = robosuite_task(args.task)
-    kind = ("Push-T demos (state observations)" if args.task == "pusht" else
-            f"robosuite {name} demos " + ("(agentview + eye-in-hand 84x84 images, proprioception)" if images
-                                          else "(low-dim observations)"))
-    demos = " ".join(["python", *make_demos(args.task, data)[1:-1], "..."])
-    notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
-    out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
-                   f"`python experiments/imitation_queue.py --task {args.task}`; data: {n_demos(args.task)} scripted demos "
-                   f"(`{demos}`); CPU budgets {STEPS}; configs and environments in "
-                   f"runs/experiments/imitation-{args.task}/.\n\n{table}\n" + (NOTES + notes if notes else ""))
-    print(table)
+    write_table(args.task)
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from cleandiffuser.runner.rundir import finished_run, keep_record
+
 ROOT = Path(__file__).resolve().parents[1]
 NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 
@@ -64,7 +66,6 @@ PLANS["halfcheetah-medium-edp-ablation-cpu"] = [
 
 
 RECORDS = ROOT / "results" / "records"
-RECORD_FILES = ("report.json", "config.yaml", "environment.json")
 
 
 def record_dir(run_dir: Path) -> Path:
@@ -74,19 +75,7 @@ def record_dir(run_dir: Path) -> Path:
 
 def finished_dir(run_dir: Path) -> Path | None:
     """The run directory if its report is there, else its committed record if that exists, else None."""
-    for d in (run_dir, record_dir(run_dir)):
-        if (d / "report.json").is_file():
-            return d
-    return None
-
-
-def keep_record(run_dir: Path) -> None:
-    """Copy a finished run's small files into results/records/ (its checkpoints and logs stay in runs/)."""
-    out = record_dir(run_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for name in RECORD_FILES:
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, out / name)
+    return finished_run(run_dir, record_dir(run_dir))
 
 
 def run_dirs(plan: str, seeds) -> list[tuple[Path, str, list[str], int]]:
@@ -246,7 +235,7 @@ def tabulated_runs(table: Path) -> list[str]:
 def report(plan: str, entries, seeds) -> None:
     for run_dir, *_ in entries:
         if (run_dir / "report.json").is_file():
-            keep_record(run_dir)
+            keep_record(run_dir, record_dir(run_dir))
     finished = finished_runs(entries)
     if not finished:
         print(f"{plan}: no finished runs yet")

@@ -1,0 +1,92 @@
+"""experiments/imitation_queue.py records finished runs in results/records/, skips them on a checkout without their run
+directories, trains a teacher known only by its record again when a new student needs its weights, and rewrites its
+table without losing the rows of runs tabulated before records were kept."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20"]
+
+
+@pytest.fixture()
+def queue(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("imitation_queue", ROOT / "experiments" / "imitation_queue.py")
+    q = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(q)
+    monkeypatch.setattr(q, "ROOT", tmp_path)
+    monkeypatch.setattr(q, "RECORDS", tmp_path / "results" / "records")
+    data = tmp_path / "can.hdf5"
+    data.write_bytes(b"demos")
+    monkeypatch.setattr(q, "dataset", lambda task: data)
+    (tmp_path / "results").mkdir()
+    return q
+
+
+def report(name: str, steps: int, success: float) -> dict:
+    settings = ["1-step", "chain [0, 27, 53]"] if name.startswith("ctmp") else [
+        "heun bins=80" if name == "edm" else "ddim 15 steps"]
+    return {"steps": steps, "rows": [{"setting": s, "nfe": 1 + i, "success_rate": success, "success_se": 0.05,
+                                      "episodes": 50, "val_mse": 0.07, "ms_per_action": 9.0}
+                                     for i, s in enumerate(settings)]}
+
+
+def finish(run: Path, rep: dict) -> None:
+    run.mkdir(parents=True)
+    (run / "report.json").write_text(json.dumps(rep))
+    (run / "config.yaml").write_text("seed: 0\n")
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "latest.ckpt").write_bytes(b"weights")
+
+
+@pytest.mark.parametrize("name", ["edm", "ddim", *STUDENTS])
+def test_each_table_row_names_its_run(queue, name):
+    steps = int(name.split("-")[1]) if name[5:6].isdigit() else queue.STEPS[name.split("-")[0]]
+    for line in queue.table_rows(name, report(name, steps, 0.5), cover=False):
+        assert queue.row_run(line) == name
+
+
+def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
+    out = queue.ROOT / "results" / "imitation-can.md"
+    old = [queue.table_rows(n, report(n, 1500 if n.startswith("ctmp") else 5000, 0.3), cover=False)
+           for n in ("edm", "ctmp-bins20")]  # tabulated before records were kept; their run directories are gone
+    out.write_text("# old\n\n| policy | training steps | NFE |\n|---|---:|---:|\n" + "\n".join(old[0] + old[1])
+                   + "\n" + queue.NOTES + "hand-written notes\n")
+    base = queue.ROOT / "runs" / "experiments" / "imitation-can"
+    finish(base / "edm", report("edm", 5000, 0.72))  # the teacher, trained again
+    finish(base / "ctmp-5000-ode4-bins20", report("ctmp-5000-ode4-bins20", 5000, 0.7))
+    table = queue.write_table("can")
+    rows = table.splitlines()[2:]
+    assert [queue.row_run(ln) for ln in rows] == ["edm", "ctmp-5000-ode4-bins20", "ctmp-5000-ode4-bins20",
+                                                  "ctmp-bins20", "ctmp-bins20"]
+    assert "0.72 ± 0.05" in rows[0] and rows[3:] == old[1]  # the new teacher replaces the old row; the old student stays
+    assert out.read_text().endswith(queue.NOTES + "hand-written notes\n")
+    records = queue.ROOT / "results" / "records" / "imitation-can"
+    assert sorted(p.name for p in records.iterdir()) == ["ctmp-5000-ode4-bins20", "edm"]
+    assert not (records / "edm" / "checkpoints").exists()
+    import shutil
+    shutil.rmtree(base)
+    assert queue.write_table("can") == table
+
+
+def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, monkeypatch):
+    calls = []
+
+    def fake_train(cmd, cwd=None):
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        calls.append(run.name)
+        finish(run, report(run.name, 1500, 0.5))
+        return 0
+
+    monkeypatch.setattr(queue.subprocess, "call", fake_train)
+    records = queue.RECORDS / "imitation-can"
+    for name in ("edm", "ctmp", "ddim"):
+        (records / name).mkdir(parents=True)
+        (records / name / "report.json").write_text(json.dumps(report(name, 1500, 0.5)))
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can"])
+    assert queue.main() == 0 and calls == []  # everything finished elsewhere: nothing to train
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--ode-steps", "4"])
+    assert queue.main() == 0 and calls == ["edm", "ctmp-ode4"]  # the new student needs the teacher's weights
