@@ -5,6 +5,7 @@
     python experiments/imitation_queue.py --task can --student-steps 5000   # a longer student, as ctmp-5000
     python experiments/imitation_queue.py --task can --ode-steps 4          # 4 teacher Heun steps per CTM target
     python experiments/imitation_queue.py --task can --student-bins 20      # a coarser grid for the student
+    python experiments/imitation_queue.py --task pusht --teacher-steps 20000 --only edm  # a longer teacher, edm-20000
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
@@ -50,7 +51,9 @@ COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging
           "logging.checkpoint_every=250"]
 
 
-KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins"}  # student run-name parts: ctmp-5000-ode4-bins20
+# student run-name parts: ctmp-5000-ode4-bins20-t20000 (5,000 steps, policy.ode_steps_max=4, 20 bins, distilled
+# from the teacher edm-20000)
+KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps"}
 RECORDS = ROOT / "results" / "records"
 
 
@@ -59,11 +62,16 @@ def record_dir(run: Path) -> Path:
     return RECORDS / run.parent.name / run.name
 
 
-def student_name(steps: int, ode_steps: int = 1, bins: int | None = None) -> str:
-    """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>."""
+def teacher_name(steps: int) -> str:
+    return "edm" if steps == STEPS["edm"] else f"edm-{steps}"
+
+
+def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"]) -> str:
+    """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>."""
     name = "ctmp" if steps == STEPS["ctmp"] else f"ctmp-{steps}"
     name += "" if ode_steps == 1 else f"-ode{ode_steps}"
-    return name + ("" if bins is None else f"-bins{bins}")
+    name += "" if bins is None else f"-bins{bins}"
+    return name + ("" if teacher_steps == STEPS["edm"] else f"-t{teacher_steps}")
 
 
 def row_label(name: str, setting: str) -> str:
@@ -80,22 +88,21 @@ def row_run(line: str) -> str | None:
         return None  # the header or its rule
     setting, steps = cells[0], int(cells[1].replace(",", ""))
     if setting.startswith("heun"):
-        return "edm"
+        return teacher_name(steps)
     if setting.startswith("ddim"):
         return "ddim"
     m = re.search(r"\(([^()]*)\)$", setting)
     knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
     by_label = {label: key for key, label in KNOB_LABEL.items()}
     kw = {by_label[k]: int(v) for k, v in knobs.items()}
-    return student_name(steps, kw.get("ode", 1), kw.get("bins"))
+    return student_name(steps, kw.get("ode", 1), kw.get("bins"), kw.get("t", STEPS["edm"]))
 
 
 def run_order(name: str) -> tuple:
     """Table order: teacher, baseline, then students by their run-name parts."""
-    fixed = {"edm": 0, "ddim": 1}
-    if name in fixed:
-        return (fixed[name], [])
-    return (2, [student_knob(x) for x in name.split("-")[1:]])
+    if name.startswith("edm"):
+        return (0, [student_knob(x) for x in name.split("-")[1:]])
+    return (1, []) if name == "ddim" else (2, [student_knob(x) for x in name.split("-")[1:]])
 
 
 def student_knob(part: str) -> tuple[str, int]:
@@ -198,6 +205,9 @@ def main() -> int:
     ap.add_argument("--ode-steps", type=int, default=1,
                     help="student's teacher Heun steps per CTM target (policy.ode_steps_max); other than 1 it trains "
                          "as ctmp[-<steps>]-ode<N>")
+    ap.add_argument("--teacher-steps", type=int, default=STEPS["edm"],
+                    help=f"the EDM teacher's budget; other than {STEPS['edm']} it trains as edm-<steps>, and its "
+                         "students as ctmp[...]-t<steps>")
     ap.add_argument("--student-bins", type=int, default=None,
                     help="the student's discretization (policy.noise_scheduler.bins; the teacher's 80 by default); "
                          "set, it trains as ctmp[-<steps>][-ode<N>]-bins<N>")
@@ -209,11 +219,11 @@ def main() -> int:
     if not args.report:
         if not data.exists():
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
-        teacher = base / "edm"
+        teacher = base / teacher_name(args.teacher_steps)
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
-        student = student_name(args.student_steps, args.ode_steps, args.student_bins)
+        student = student_name(args.student_steps, args.ode_steps, args.student_bins, args.teacher_steps)
         bins = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
-        plan = [("edm", "edm", f"imitation/edm_{suffix}", STEPS["edm"], []),
+        plan = [("edm", teacher.name, f"imitation/edm_{suffix}", args.teacher_steps, []),
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",
                   *bins]),

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20"]
+STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000"]
 
 
 @pytest.fixture()
@@ -28,7 +28,7 @@ def queue(tmp_path, monkeypatch):
 
 def report(name: str, steps: int, success: float) -> dict:
     settings = ["1-step", "chain [0, 27, 53]"] if name.startswith("ctmp") else [
-        "heun bins=80" if name == "edm" else "ddim 15 steps"]
+        "heun bins=80" if name.startswith("edm") else "ddim 15 steps"]
     return {"steps": steps, "rows": [{"setting": s, "nfe": 1 + i, "success_rate": success, "success_se": 0.05,
                                       "episodes": 50, "val_mse": 0.07, "ms_per_action": 9.0}
                                      for i, s in enumerate(settings)]}
@@ -42,9 +42,10 @@ def finish(run: Path, rep: dict) -> None:
     (run / "checkpoints" / "latest.ckpt").write_bytes(b"weights")
 
 
-@pytest.mark.parametrize("name", ["edm", "ddim", *STUDENTS])
+@pytest.mark.parametrize("name", ["edm", "edm-20000", "ddim", *STUDENTS])
 def test_each_table_row_names_its_run(queue, name):
-    steps = int(name.split("-")[1]) if name[5:6].isdigit() else queue.STEPS[name.split("-")[0]]
+    steps = int(name.split("-")[1]) if name.split("-")[1:2] and name.split("-")[1].isdigit() else \
+        queue.STEPS[name.split("-")[0]]
     for line in queue.table_rows(name, report(name, steps, 0.5), cover=False):
         assert queue.row_run(line) == name
 
@@ -90,3 +91,5 @@ def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, mon
     assert queue.main() == 0 and calls == []  # everything finished elsewhere: nothing to train
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--ode-steps", "4"])
     assert queue.main() == 0 and calls == ["edm", "ctmp-ode4"]  # the new student needs the teacher's weights
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--teacher-steps", "20000"])
+    assert queue.main() == 0 and calls[2:] == ["edm-20000", "ctmp-t20000"]  # a longer teacher and its own student
