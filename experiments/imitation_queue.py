@@ -18,8 +18,8 @@ and an interrupted one resumed. Each finished run's record (report.json, config.
 results/records/imitation-<task>/<run>/ (committed), so the table regenerates, and finished runs are skipped, on a
 checkout without the run directories; a new student still needs its teacher's weights, so a teacher known only by its
 record is trained again. The demonstrations are made first when missing (200 scripted demos, 100 with
-images, seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency Policy
-paper Tables I/III in shape: success ± SE over the rollouts, NFE, ms per action) goes to
+images, seed 0: cleandiffuser.datagen.robosuite_demos or cleandiffuser.datagen.pusht_demos). The table (Consistency
+Policy paper Tables I/III in shape: success ± SE over the rollouts, NFE, ms per action) goes to
 results/imitation-<task>.md.
 """
 from __future__ import annotations
@@ -55,11 +55,6 @@ COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging
 # from the teacher edm-20000)
 KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps"}
 RECORDS = ROOT / "results" / "records"
-
-
-def record_dir(run: Path) -> Path:
-    """results/records/imitation-<task>/<run>: the committed record of a run directory."""
-    return RECORDS / run.parent.name / run.name
 
 
 def teacher_name(steps: int) -> str:
@@ -160,10 +155,10 @@ def write_table(task: str) -> str:
     Rows of the existing table whose run has neither a directory nor a record here (runs tabulated before records
     were kept) are carried over as they are, so a checkout without them adds rows instead of losing them."""
     base = ROOT / "runs" / "experiments" / f"imitation-{task}"
-    records = RECORDS / base.name
-    for run in base.glob("*/report.json"):
-        keep_record(run.parent, record_dir(run.parent))
-    names = {p.parent.name for p in [*base.glob("*/report.json"), *records.glob("*/report.json")]}
+    finished = [report.parent for report in base.glob("*/report.json")]
+    for run in finished:
+        keep_record(run, RECORDS)
+    names = {run.name for run in finished} | {p.parent.name for p in (RECORDS / base.name).glob("*/report.json")}
     out = ROOT / "results" / f"imitation-{task}.md"
     old_text, _, notes = out.read_text().partition(NOTES) if out.is_file() else ("", "", "")
     carried: dict[str, list[str]] = {}
@@ -172,14 +167,15 @@ def write_table(task: str) -> str:
         if name is not None and name not in names:
             carried.setdefault(name, []).append(line)
     cover = task == "pusht"  # Push-T is scored by coverage in the papers; success = coverage >= 0.95
-    lines = ["| policy | training steps | NFE | success (mean ± SE) | " + ("max coverage (mean ± SE) | " if cover else "")
+    lines = ["| policy | training steps | NFE | success (mean ± SE) | "
+             + ("max coverage (mean ± SE) | " if cover else "")
              + "rollouts | val action MSE | ms per chunk (batch 1) |",
              "|---|---:|---:|---:|" + ("---:|" if cover else "") + "---:|---:|---:|"]
     for name in sorted(names | set(carried), key=run_order):
         if name in carried:
             lines += carried[name]
         else:
-            rep = json.loads((finished_run(base / name, records / name) / "report.json").read_text())
+            rep = json.loads((finished_run(base / name, RECORDS) / "report.json").read_text())
             lines += table_rows(name, rep, cover)
     table = "\n".join(lines)
     robot_task, images = robosuite_task(task)
@@ -190,8 +186,9 @@ def write_table(task: str) -> str:
     out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
                    f"`python experiments/imitation_queue.py --task {task}`; data: {n_demos(task)} scripted demos "
                    f"(`{demos}`); CPU budgets {STEPS}; each recorded run's config and environment are in "
-                   f"results/records/imitation-{task}/<run>/ (kept since session 11; runs/experiments/imitation-{task}/ on the machine that "
-                   f"trained it holds its logs and checkpoints).\n\n{table}\n" + (NOTES + notes if notes else ""))
+                   f"results/records/imitation-{task}/<run>/ (kept since session 11; "
+                   f"runs/experiments/imitation-{task}/ on the machine that trained it holds its logs and "
+                   f"checkpoints).\n\n{table}\n" + (NOTES + notes if notes else ""))
     print(table)
     return table
 
@@ -232,9 +229,9 @@ def main() -> int:
             run = base / name
             if role not in args.only or (run / "report.json").is_file():
                 continue
-            if finished_run(run, record_dir(run)) is not None:  # finished on another machine: its record is committed
+            if finished_run(run, RECORDS) is not None:  # finished on another machine: its record is committed
                 if not (role == "edm" and "student" in args.only
-                        and finished_run(base / student, record_dir(base / student)) is None):
+                        and finished_run(base / student, RECORDS) is None):
                     continue
                 print(f"{run} is known only by its record and the student {student} needs its weights: training "
                       "the teacher again", flush=True)

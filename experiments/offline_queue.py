@@ -68,16 +68,6 @@ PLANS["halfcheetah-medium-edp-ablation-cpu"] = [
 RECORDS = ROOT / "results" / "records"
 
 
-def record_dir(run_dir: Path) -> Path:
-    """Where a run's committed record lives: results/records/<plan>/<run>."""
-    return RECORDS / run_dir.parent.name / run_dir.name
-
-
-def finished_dir(run_dir: Path) -> Path | None:
-    """The run directory if its report is there, else its committed record if that exists, else None."""
-    return finished_run(run_dir, record_dir(run_dir))
-
-
 def run_dirs(plan: str, seeds) -> list[tuple[Path, str, list[str], int]]:
     out = []
     for seed in seeds:
@@ -112,7 +102,7 @@ def entry_name(run_dir) -> str:
 
 def finished_runs(entries) -> list[str]:
     """Each finished run's directory, or its committed record where the run directory is gone."""
-    return [str(f) for f in (finished_dir(d) for d, *_ in entries) if f is not None]
+    return [str(f) for f in (finished_run(d, RECORDS) for d, *_ in entries) if f is not None]
 
 
 def trained_on(run_dir: Path) -> str:
@@ -153,7 +143,7 @@ def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
     lock_dir.mkdir(parents=True, exist_ok=True)
     failed = []
     for run_dir, config, overrides, seed in entries:
-        if finished_dir(run_dir) or (lock_dir / f"{run_dir.name}.failed").is_file():
+        if finished_run(run_dir, RECORDS) or (lock_dir / f"{run_dir.name}.failed").is_file():
             continue
         lock = open(lock_dir / f"{run_dir.name}.lock", "w")
         try:
@@ -235,7 +225,7 @@ def tabulated_runs(table: Path) -> list[str]:
 def report(plan: str, entries, seeds) -> None:
     for run_dir, *_ in entries:
         if (run_dir / "report.json").is_file():
-            keep_record(run_dir, record_dir(run_dir))
+            keep_record(run_dir, RECORDS)
     finished = finished_runs(entries)
     if not finished:
         print(f"{plan}: no finished runs yet")
@@ -254,8 +244,8 @@ def report(plan: str, entries, seeds) -> None:
     notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
     out.write_text(f"# {plan}\n\nCommand: `python experiments/offline_queue.py --plan {plan} --seeds "
                    f"{' '.join(map(str, seeds))}`; dataset {DATASETS[plan]}; each run's config and "
-                   f"environment are in results/records/{plan}/<run>/ (runs/experiments/{plan}/ on the machine that trained "
-                   f"it holds its logs and checkpoints). The ms/action column was "
+                   f"environment are in results/records/{plan}/<run>/ (runs/experiments/{plan}/ on the machine "
+                   f"that trained it holds its logs and checkpoints). The ms/action column was "
                    f"timed at the end of each run on shared hardware (CPU cores shared with other jobs, or one GPU "
                    f"shared by many runs); idle-machine acting latency is in results/bench_algorithms.md.\n\n"
                    f"{table}\n\n"

@@ -63,7 +63,8 @@ def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
     rows = table.splitlines()[2:]
     assert [queue.row_run(ln) for ln in rows] == ["edm", "ctmp-5000-ode4-bins20", "ctmp-5000-ode4-bins20",
                                                   "ctmp-bins20", "ctmp-bins20"]
-    assert "0.72 ± 0.05" in rows[0] and rows[3:] == old[1]  # the new teacher replaces the old row; the old student stays
+    # the new teacher replaces the old row; the old student stays
+    assert "0.72 ± 0.05" in rows[0] and rows[3:] == old[1]
     assert out.read_text().endswith(queue.NOTES + "hand-written notes\n")
     records = queue.ROOT / "results" / "records" / "imitation-can"
     assert sorted(p.name for p in records.iterdir()) == ["ctmp-5000-ode4-bins20", "edm"]

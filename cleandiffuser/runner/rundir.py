@@ -1,10 +1,10 @@
 """Run-directory conventions shared by the offline-RL and imitation trainers."""
 from __future__ import annotations
 
-from pathlib import Path
 import shutil
+from pathlib import Path
 
-__all__ = ["RECORD_FILES", "find_checkpoint", "finished_run", "keep_record", "latest_checkpoint"]
+__all__ = ["RECORD_FILES", "find_checkpoint", "finished_run", "keep_record", "latest_checkpoint", "record_path"]
 
 # what a finished run's record keeps (a few KB): enough to tabulate it and to say how and where it was trained
 RECORD_FILES = ("report.json", "config.yaml", "environment.json")
@@ -37,19 +37,25 @@ def find_checkpoint(path) -> Path:
     return path
 
 
-def keep_record(run_dir, record_dir) -> None:
-    """Copy a finished run's small files (RECORD_FILES) to record_dir, e.g. a committed results/records/<plan>/<run>;
-    its checkpoints and logs stay in the run directory."""
-    run_dir, record_dir = Path(run_dir), Path(record_dir)
-    record_dir.mkdir(parents=True, exist_ok=True)
+def record_path(run_dir, records) -> Path:
+    """Where the record of run_dir (<plan>/<run>) lives under a records folder: records/<plan>/<run>."""
+    run_dir = Path(run_dir)
+    return Path(records) / run_dir.parent.name / run_dir.name
+
+
+def keep_record(run_dir, records) -> None:
+    """Copy a finished run's small files (RECORD_FILES) to its record_path under records (e.g. the committed
+    results/records); its checkpoints and logs stay in the run directory."""
+    out = record_path(run_dir, records)
+    out.mkdir(parents=True, exist_ok=True)
     for name in RECORD_FILES:
-        if (run_dir / name).is_file():
-            shutil.copyfile(run_dir / name, record_dir / name)
+        if (Path(run_dir) / name).is_file():
+            shutil.copyfile(Path(run_dir) / name, out / name)
 
 
-def finished_run(run_dir, record_dir) -> Path | None:
-    """The run directory if its report.json is there, else its record if that has one, else None."""
-    for d in (Path(run_dir), Path(record_dir)):
+def finished_run(run_dir, records) -> Path | None:
+    """The run directory if its report.json is there, else its record under records if that has one, else None."""
+    for d in (Path(run_dir), record_path(run_dir, records)):
         if (d / "report.json").is_file():
             return d
     return None
