@@ -1,9 +1,10 @@
-"""The fast CPU inference path of the 1-D convolutions gives the stock modules' outputs."""
+"""The fast CPU paths of the 1-D convolutions (batch-1 acting, bf16 training) give the stock modules' results."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from cleandiffuser.nn_diffusion import ChiUNet1d
-from cleandiffuser.nn_diffusion.conv import Conv1d, ConvTranspose1d
+from cleandiffuser.nn_diffusion.conv import Conv1d, ConvTranspose1d, GemmConv1d
 
 
 @pytest.mark.parametrize("cls,stock,kw", [
@@ -40,3 +41,53 @@ def test_unet_acts_the_same_on_the_fast_path():
         fast = net(x, noise, cond)
     slow = net(x, noise, cond)  # grad mode: every convolution on the stock path
     torch.testing.assert_close(fast, slow.detach(), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size,bias", [(5, True), (3, False), (1, True)])
+def test_gemm_conv_is_conv1d_with_its_exact_gradients(kernel_size, bias):
+    torch.manual_seed(0)
+    x = torch.randn(3, 6, 8, dtype=torch.double, requires_grad=True)
+    w = torch.randn(5, 6, kernel_size, dtype=torch.double, requires_grad=True)
+    b = torch.randn(5, dtype=torch.double, requires_grad=True) if bias else None
+    conv = lambda x, w, b: GemmConv1d.apply(x, w, b, w.detach())  # noqa: E731 (the weight in its own dtype)
+    torch.testing.assert_close(conv(x, w, b), F.conv1d(x, w, b, padding=kernel_size // 2))
+    assert torch.autograd.gradcheck(conv, (x, w, b))
+
+
+def test_bf16_training_path_matches_the_stock_convolution():
+    torch.manual_seed(0)
+    ref = torch.nn.Conv1d(64, 32, 5, padding=2)
+    fast = Conv1d(64, 32, 5, padding=2)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(16, 64, 8)
+    grads = []
+    for m in (ref, fast):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", torch.bfloat16):
+            y = m(xi)
+        assert y.dtype == torch.bfloat16  # as autocast's own convolution
+        (y.float() * torch.linspace(-1, 1, 8)).sum().backward()
+        grads.append((y.float(), xi.grad, m.weight.grad, m.bias.grad))
+    for got, want in zip(grads[1], grads[0]):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, atol=0.05 * want.abs().max().item(), rtol=0.02)
+
+
+def test_bf16_training_path_follows_weight_updates():
+    torch.manual_seed(0)
+    ref = torch.nn.Conv1d(16, 8, 3, padding=1)
+    fast = Conv1d(16, 8, 3, padding=1)
+    fast.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 16, 8)
+    for frozen in (False, True):  # a trained weight, and a frozen teacher's (cached) weight
+        for m in (ref, fast):
+            m.requires_grad_(not frozen)
+        for update in range(2):
+            with torch.autocast("cpu", torch.bfloat16):
+                torch.testing.assert_close(fast(x), ref(x), atol=0.05, rtol=0.02)
+            with torch.no_grad():  # an optimizer step / EMA / load_state_dict: in place
+                for m in (ref, fast):
+                    m.weight.mul_(-0.5)
+            if not frozen:  # updates through .data skip the version counter: the trained weight is never cached
+                for m in (ref, fast):
+                    m.weight.data.add_(1.0)
