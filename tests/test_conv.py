@@ -54,11 +54,16 @@ def test_gemm_conv_is_conv1d_with_its_exact_gradients(kernel_size, bias):
     assert torch.autograd.gradcheck(conv, (x, w, b))
 
 
-def test_bf16_training_path_matches_the_stock_convolution():
+def stock_and_fast_conv(in_ch: int, out_ch: int, k: int) -> tuple[torch.nn.Conv1d, Conv1d]:
     torch.manual_seed(0)
-    ref = torch.nn.Conv1d(64, 32, 5, padding=2)
-    fast = Conv1d(64, 32, 5, padding=2)
+    ref = torch.nn.Conv1d(in_ch, out_ch, k, padding=k // 2)
+    fast = Conv1d(in_ch, out_ch, k, padding=k // 2)
     fast.load_state_dict(ref.state_dict())
+    return ref, fast
+
+
+def test_bf16_training_path_matches_the_stock_convolution():
+    ref, fast = stock_and_fast_conv(64, 32, 5)
     x = torch.randn(16, 64, 8)
     grads = []
     for m in (ref, fast):
@@ -74,10 +79,7 @@ def test_bf16_training_path_matches_the_stock_convolution():
 
 
 def test_bf16_training_path_follows_weight_updates():
-    torch.manual_seed(0)
-    ref = torch.nn.Conv1d(16, 8, 3, padding=1)
-    fast = Conv1d(16, 8, 3, padding=1)
-    fast.load_state_dict(ref.state_dict())
+    ref, fast = stock_and_fast_conv(16, 8, 3)
     x = torch.randn(4, 16, 8)
     for frozen in (False, True):  # a trained weight, and a frozen teacher's (cached) weight
         for m in (ref, fast):
