@@ -84,12 +84,30 @@ def test_bf16_training_path_follows_weight_updates():
     for frozen in (False, True):  # a trained weight, and a frozen teacher's (cached) weight
         for m in (ref, fast):
             m.requires_grad_(not frozen)
-        for update in range(2):
+        for _ in range(2):
             with torch.autocast("cpu", torch.bfloat16):
                 torch.testing.assert_close(fast(x), ref(x), atol=0.05, rtol=0.02)
-            with torch.no_grad():  # an optimizer step / EMA / load_state_dict: in place
-                for m in (ref, fast):
-                    m.weight.mul_(-0.5)
-            if not frozen:  # updates through .data skip the version counter: the trained weight is never cached
-                for m in (ref, fast):
+            for m in (ref, fast):
+                if frozen:  # load_state_dict, an EMA update: in place, with a version bump
+                    with torch.no_grad():
+                        m.weight.mul_(-0.5)
+                else:  # an update through .data skips the version counter: a trained weight is never cached
                     m.weight.data.add_(1.0)
+
+
+def test_bf16_training_path_trains_as_the_stock_convolution_under_fused_adamw():
+    # fused AdamW updates weights without bumping their version counters: a cached cast would go stale
+    ref, fast = stock_and_fast_conv(16, 8, 3)
+    x, target = torch.randn(32, 16, 8), torch.randn(32, 8, 8)
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.05, fused=True) for m in (ref, fast)]
+    for _ in range(5):
+        outs = []
+        for m, opt in zip((ref, fast), opts):
+            with torch.autocast("cpu", torch.bfloat16):
+                y = m(x)
+            ((y.float() - target) ** 2).mean().backward()
+            opt.step()
+            opt.zero_grad()
+            outs.append(y.detach().float())
+        torch.testing.assert_close(outs[1], outs[0], atol=0.05, rtol=0.02)
+    torch.testing.assert_close(fast.weight, ref.weight, atol=0.01, rtol=0.01)
