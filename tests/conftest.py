@@ -1,3 +1,6 @@
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,3 +14,19 @@ def _seed():
     torch.manual_seed(0)
     np.random.seed(0)
     yield
+
+
+@pytest.fixture()
+def load_experiment(tmp_path, monkeypatch):
+    """load_experiment(name) -> experiments/<name>.py as a module whose ROOT is tmp_path (with a results/ folder)
+    and whose RECORDS is tmp_path/results/records, so a queue's runs and tables stay in the test's folder."""
+    def load(name: str):
+        path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        monkeypatch.setattr(module, "ROOT", tmp_path)
+        monkeypatch.setattr(module, "RECORDS", tmp_path / "results" / "records")
+        (tmp_path / "results").mkdir(exist_ok=True)
+        return module
+    return load

@@ -1,28 +1,21 @@
 """experiments/imitation_queue.py records finished runs in results/records/, skips them on a checkout without their run
 directories, trains a teacher known only by its record again when a new student needs its weights, and rewrites its
 table without losing the rows of runs tabulated before records were kept."""
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000"]
 
 
 @pytest.fixture()
-def queue(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("imitation_queue", ROOT / "experiments" / "imitation_queue.py")
-    q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(q)
-    monkeypatch.setattr(q, "ROOT", tmp_path)
-    monkeypatch.setattr(q, "RECORDS", tmp_path / "results" / "records")
+def queue(load_experiment, tmp_path, monkeypatch):
+    q = load_experiment("imitation_queue")
     data = tmp_path / "can.hdf5"
     data.write_bytes(b"demos")
     monkeypatch.setattr(q, "dataset", lambda task: data)
-    (tmp_path / "results").mkdir()
     return q
 
 

@@ -1,23 +1,16 @@
 """experiments/offline_queue.py keeps each finished run's record in results/records/, so a checkout without the run
 directories still skips finished runs and regenerates its tables, and never rewrites a table from fewer runs."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture()
-def queue(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("offline_queue", ROOT / "experiments" / "offline_queue.py")
-    q = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(q)
-    monkeypatch.setattr(q, "ROOT", tmp_path)
-    monkeypatch.setattr(q, "RECORDS", tmp_path / "results" / "records")
+def queue(load_experiment, monkeypatch):
+    q = load_experiment("offline_queue")
     monkeypatch.setattr(q, "behaviour_row", lambda dataset: "| behaviour data | x | - | - | - | 1 | 40.0 | - |")
-    (tmp_path / "results").mkdir()
     return q
 
 

@@ -9,8 +9,8 @@ batch 64 the stock path was as fast or faster).
 Training in bf16: oneDNN's bf16 1-D convolution (and its backward, the largest cost of a U-Net update) is no faster
 than fp32 on short sequences, while a bf16 matmul is ~4.5x faster than fp32 on this CPU. Under CPU bf16 autocast a
 stride-1 convolution is therefore computed as one matmul over im2col patches (`GemmConv1d`), backward included:
-1.2-4x faster per layer at batch 64, 1.3-2.8x per U-Net update (results/bench_imitation_train.md). fp32 and other
-devices use the stock path.
+a U-Net update ran 1.2-2.3x faster than in fp32 (results/bench_imitation_train.md). fp32 and other devices use the
+stock path.
 """
 import torch
 import torch.nn as nn
@@ -34,8 +34,9 @@ class _CachedWeight:
         return self.value
 
 
-def _to_2d_channels_last(weight: torch.Tensor) -> torch.Tensor:
-    return weight.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, L) inputs and (O, C, k) weights -> (., ., 1, L or k), channels-last."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
 
 
 def _to_bf16(weight: torch.Tensor) -> torch.Tensor:
@@ -110,21 +111,17 @@ class GemmConv1d(torch.autograd.Function):
         return grad_x, grad_w, grad_b, None
 
 
-def _as_2d(x: torch.Tensor) -> torch.Tensor:
-    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
-
-
 class Conv1d(nn.Conv1d):
     """nn.Conv1d (same parameters and state dict) with the fast CPU paths: bf16 training, batch-1 acting."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._weight_2d = _CachedWeight(_to_2d_channels_last)
+        self._weight_2d = _CachedWeight(_as_2d)
         self._weight_bf16 = _CachedWeight(_to_bf16)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if _gemm_on_cpu(self, x):
-            # a trained weight is cast every call: an update through .data would not show in its version counter
+            # a trained weight is cast every call: fused AdamW and updates through .data bump no version counter
             weight = self.weight
             lowp = weight.detach().to(torch.bfloat16) if weight.requires_grad else self._weight_bf16.get(weight)
             with torch.autocast("cpu", enabled=False):  # bf16 like autocast's own convolution
@@ -142,7 +139,7 @@ class ConvTranspose1d(nn.ConvTranspose1d):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self._weight_2d = _CachedWeight(_to_2d_channels_last)
+        self._weight_2d = _CachedWeight(_as_2d)
 
     def forward(self, x: torch.Tensor, output_size=None) -> torch.Tensor:
         if output_size is not None or not _inference_on_cpu(self, x):
