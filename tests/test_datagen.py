@@ -1,11 +1,13 @@
 """Dataset generation on gymnasium MuJoCo: rollouts, named datasets, SAC exact resume."""
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
 
 import cleandiffuser.datagen as dg
+import cleandiffuser.datagen.generate as generate
 from cleandiffuser.dataset import qlearning_dataset, read_d4rl_hdf5, registered_datasets
 from cleandiffuser.env import normalized_score
 
@@ -132,7 +134,7 @@ def test_sac_polyak_update():
 
 
 def test_sac_resume_is_exact_and_feeds_datasets(mujoco_env, tmp_path, monkeypatch):
-    from safetensors.torch import load_file
+    from safetensors.torch import load_file, save_file
 
     from cleandiffuser.datagen.sac import _lock_run_dir, load_replay_transitions, read_eval_csv, train_sac
 
@@ -182,6 +184,27 @@ def test_sac_resume_is_exact_and_feeds_datasets(mujoco_env, tmp_path, monkeypatc
     assert len(d["rewards"]) == n
     np.testing.assert_array_equal(d["observations"], ta["obs"][:n])
     np.testing.assert_array_equal(d["terminals"], ta["terminated"][:n])
+
+    # the registered medium-replay: run a's buffer up to the shipped snapshot's step, only from the run that made
+    # it; run b (bit-identical to a) stands in for the run, a perturbed copy of the snapshot for a rerun's
+    shipped = tmp_path / "shipped" / "actor_000000200.safetensors"
+    shipped.parent.mkdir()
+    shutil.copy(ra / "snapshots" / shipped.name, shipped)
+    monkeypatch.setattr(generate, "shipped_policy", lambda env, kind: shipped)
+    monkeypatch.setattr(generate, "_default_run_dir", lambda env: rb)
+    d = read_d4rl_hdf5(dg.make_dataset("hopper-medium-replay-cd-v0", out=tmp_path / "mr.hdf5", progress=False,
+                                       log=None))
+    assert len(d["rewards"]) == 200 and d["metadata"]["replay_run_made_shipped_snapshot"]
+    tensors = load_file(shipped)
+    tensors = {k: v + 1e-3 for k, v in tensors.items()}
+    save_file(tensors, shipped)
+    with pytest.raises(generate.BehaviourPolicyMissingError, match="--from-rerun"):
+        dg.make_dataset("hopper-medium-replay-cd-v0", out=tmp_path / "mr2.hdf5", progress=False, log=None)
+    d = read_d4rl_hdf5(dg.make_dataset("hopper-medium-replay-cd-v0", out=tmp_path / "mr2.hdf5", from_rerun=True,
+                                       progress=False, log=None))
+    assert len(d["rewards"]) == 200 and not d["metadata"]["replay_run_made_shipped_snapshot"]
+    np.testing.assert_array_equal(d["observations"], ta["obs"][:200])
+
     me = dg.make_dataset("hopper-medium-expert-cd-v0", run_dir=rb, steps=400, progress=False, log=None)
     d = read_d4rl_hdf5(me)
     assert len(d["rewards"]) == 800 and (d["terminals"][399] or d["timeouts"][399])

@@ -27,6 +27,9 @@ def add_dataset_commands(subparsers) -> argparse.ArgumentParser:
     mk.add_argument("--run", default=None, help="behaviour-policy run directory (default: runs/behaviour/ENV)")
     mk.add_argument("--policy", default=None, help="actor snapshot file to use instead of the run's selection")
     mk.add_argument("--force", action="store_true", help="overwrite an existing file")
+    mk.add_argument("--from-rerun", action="store_true",
+                    help="medium-replay: take the replay buffer of a rerun of the SAC run (not the run that made the "
+                         "shipped medium snapshot), up to the same env step; recorded in the file")
     mk.set_defaults(func=_make)
 
     info = sub.add_parser("info", help="size, episodes, returns and normalized score of a dataset file or name")
@@ -46,10 +49,12 @@ def _make(args) -> int:
     for opt in ("out", "steps", "run", "policy"):
         if getattr(args, opt) is not None:
             parts += [f"--{opt}", str(getattr(args, opt))]
+    parts += ["--from-rerun"] if args.from_rerun else []
     cmd = " ".join(shlex.quote(a) for a in parts + (["--force"] if args.force else []))
     try:
         path = make_dataset(args.name, out=args.out, seed=args.seed, steps=args.steps, run_dir=args.run,
-                            policy=args.policy, progress=True, command=cmd, force=args.force)
+                            policy=args.policy, progress=True, command=cmd, force=args.force,
+                            from_rerun=args.from_rerun)
     except (BehaviourPolicyMissingError, FileExistsError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

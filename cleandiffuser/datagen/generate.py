@@ -27,7 +27,7 @@ import numpy as np
 
 from ..dataset import read_d4rl_hdf5, write_d4rl_hdf5
 from ..dataset.sources import resolve_source
-from .policy import NumpyActor, file_sha256, load_actor_snapshot
+from .policy import NumpyActor, file_sha256, load_actor_snapshot, same_snapshot
 from .registry import ENVS, dataset_path, parse_dataset_name
 
 __all__ = [
@@ -241,16 +241,22 @@ def shipped_policy(env: str, kind: str) -> Path | None:
     return sel.parent / name if name else None
 
 
-def _shipped_snapshot_step(env: str, shipped: Path, run_dir: Path) -> int:
-    """Env step of a shipped snapshot (actor_000080000 -> 80000), checked to come from `run_dir`."""
+def _shipped_snapshot_step(env: str, shipped: Path, run_dir: Path, from_rerun: bool = False) -> tuple[int, bool]:
+    """Env step of a shipped snapshot (actor_000080000 -> 80000), and whether `run_dir` holds that very snapshot
+    (the run that made it). A run that does not is refused unless `from_rerun`."""
     step = int(shipped.stem.rsplit("_", 1)[1])
     own = run_dir / "snapshots" / shipped.name
-    if not own.is_file() or file_sha256(own) != file_sha256(shipped):
+    same = own.is_file() and same_snapshot(own, shipped)
+    if not same and not from_rerun:
         raise BehaviourPolicyMissingError(
             f"medium-replay is the replay buffer of the SAC run that made the shipped {shipped.name}; "
-            f"{run_dir} does not hold that snapshot (missing or different weights). Rerun it with\n    "
-            f"{_train_hint(env, run_dir)} (deterministic for its seed; --steps {step} suffice)")
-    return step
+            f"{run_dir} does not hold that snapshot (missing or different weights). A rerun,\n    "
+            f"{_train_hint(env, run_dir)} (--steps {step} suffice),\n"
+            f"reproduces those weights only on the torch build and CPU kernels that made them: a rerun of the Hopper "
+            f"run with torch 2.13.0 diverged after its first update. Pass --from-rerun to take a rerun's replay "
+            f"buffer up to the same env step ({step:,}; the file records that it is a rerun), or --run DIR to cut "
+            f"your own run at its own selection.json's medium snapshot.")
+    return step, same
 
 
 def _selection(env: str, run_dir: Path) -> dict:
@@ -269,12 +275,13 @@ def _selection(env: str, run_dir: Path) -> dict:
 
 
 def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, run_dir=None, policy=None,
-                 progress: bool = True, command: str | None = None, force: bool = False,
+                 progress: bool = True, command: str | None = None, force: bool = False, from_rerun: bool = False,
                  log=print) -> Path:
     """Build the named generated dataset (see :mod:`cleandiffuser.datagen.registry`) at
     ``out`` (default: its place in the data dir). ``policy`` (a snapshot file) overrides
     the snapshot chosen from the behaviour run ``run_dir`` (default
-    ``runs/behaviour/ENV``) for medium/expert. Returns the path."""
+    ``runs/behaviour/ENV``) for medium/expert. ``from_rerun`` lets medium-replay come from a SAC run that did not
+    make the shipped medium snapshot (a rerun of it), cut at the same env step. Returns the path."""
     env, kind = parse_dataset_name(name)
     env_id = ENVS[env]
     out = Path(out) if out is not None else dataset_path(name)
@@ -311,8 +318,12 @@ def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, r
         shipped = shipped_policy(env, "medium")
         if shipped is not None and not run_dir_given:
             # the replay buffer of the run that produced the shipped medium snapshot, up to that snapshot
-            stop = _shipped_snapshot_step(env, shipped, run_dir)
+            stop, same = _shipped_snapshot_step(env, shipped, run_dir, from_rerun)
             sel = {**sel, "medium": {**sel["medium"], "snapshot": f"snapshots/{shipped.name}"}}
+            extra["replay_run_made_shipped_snapshot"] = same
+            if not same:
+                say(f"note: {run_dir} is a rerun (its {shipped.name} differs from the shipped one): its replay buffer "
+                    f"up to {stop:,} env steps follows the same recipe but is not the same data")
         if steps is not None:
             say(f"note: --steps is ignored for {name}: it holds every transition collected up to the medium snapshot")
         say(f"Reading {stop:,} replay transitions from {run_dir}/buffer ...")

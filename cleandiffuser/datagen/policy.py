@@ -17,7 +17,7 @@ import numpy as np
 
 from ..serialization import atomic_path
 
-__all__ = ["SNAPSHOT_FORMAT", "NumpyActor", "load_actor_snapshot", "save_actor_snapshot", "file_sha256"]
+__all__ = ["SNAPSHOT_FORMAT", "NumpyActor", "load_actor_snapshot", "save_actor_snapshot", "file_sha256", "same_snapshot"]
 
 SNAPSHOT_FORMAT = "cleandiffuser-sac-actor-v1"
 
@@ -28,6 +28,19 @@ def file_sha256(path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def same_snapshot(a, b) -> bool:
+    """Whether two safetensors files hold the same tensors and metadata. Not a byte comparison: safetensors writes
+    its metadata in hash-map order, so two saves of the same weights can differ byte for byte."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    with safe_open(str(a), "np") as fa, safe_open(str(b), "np") as fb:
+        if fa.metadata() != fb.metadata():
+            return False
+    ta, tb = load_file(str(a)), load_file(str(b))
+    return ta.keys() == tb.keys() and all(ta[k].dtype == tb[k].dtype and np.array_equal(ta[k], tb[k]) for k in ta)
 
 
 def atomic_save_safetensors(tensors: Mapping, path, metadata: Mapping[str, str] | None = None) -> Path:
