@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-from cleandiffuser.runner.rundir import finished_run, keep_record
+from cleandiffuser.runner.rundir import finished_run, keep_record, read_results_page, write_results_page
 
 ROOT = Path(__file__).resolve().parents[1]
 # CPU budgets (the paper trains hundreds of epochs on a GPU); the table states them
@@ -46,7 +46,6 @@ TASK = {"lift": [],
         "lift-image": [],  # its own config files (*_lift_image.yaml): the observation keys differ
         "pusht": []}  # Push-T has its own config files (*_pusht.yaml); rollout horizon 300 as Diffusion Policy
 CONFIG_SUFFIX = {"pusht": "pusht", "lift-image": "lift_image"}  # the rest use the Lift files + TASK overrides
-NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
 
@@ -160,7 +159,7 @@ def write_table(task: str) -> str:
         keep_record(run, RECORDS)
     names = {run.name for run in finished} | {p.parent.name for p in (RECORDS / base.name).glob("*/report.json")}
     out = ROOT / "results" / f"imitation-{task}.md"
-    old_text, _, notes = out.read_text().partition(NOTES) if out.is_file() else ("", "", "")
+    old_text = read_results_page(out)[0]
     carried: dict[str, list[str]] = {}
     for line in old_text.splitlines():
         name = row_run(line) if line.startswith("|") else None
@@ -183,12 +182,12 @@ def write_table(task: str) -> str:
             f"robosuite {robot_task} demos " + ("(agentview + eye-in-hand 84x84 images, proprioception)" if images
                                                 else "(low-dim observations)"))
     demos = " ".join(["python", *make_demos(task, dataset(task))[1:-1], "..."])
-    out.write_text(f"# Imitation on scripted {kind}\n\nCommand: "
+    write_results_page(out, f"# Imitation on scripted {kind}\n\nCommand: "
                    f"`python experiments/imitation_queue.py --task {task}`; data: {n_demos(task)} scripted demos "
                    f"(`{demos}`); CPU budgets {STEPS}; each recorded run's config and environment are in "
                    f"results/records/imitation-{task}/<run>/ (kept since session 11; "
                    f"runs/experiments/imitation-{task}/ on the machine that trained it holds its logs and "
-                   f"checkpoints).\n\n{table}\n" + (NOTES + notes if notes else ""))
+                   f"checkpoints).\n\n{table}\n")
     print(table)
     return table
 

@@ -35,10 +35,9 @@ import sys
 import time
 from pathlib import Path
 
-from cleandiffuser.runner.rundir import finished_run, keep_record
+from cleandiffuser.runner.rundir import finished_run, keep_record, read_results_page, write_results_page
 
 ROOT = Path(__file__).resolve().parents[1]
-NOTES = "\n<!-- notes: kept when --report rewrites the table above -->\n"
 
 # CPU budgets: the papers train 1M-3M steps; these are what a 2-core CPU affords (the table says so).
 _CPU = ["steps=20000", "checkpoint_every=2000", "keep_every=0", "eval.episodes=10", "eval.n_envs=10"]
@@ -217,7 +216,7 @@ def spawn_workers(args) -> int:
 
 def tabulated_runs(table: Path) -> list[str]:
     """The run names a results/<plan>.md lists in its wall-time line ('<name>-seed<k> <seconds> (<device>)')."""
-    text = table.read_text().partition(NOTES)[0] if table.is_file() else ""
+    text = read_results_page(table)[0]
     line = next((ln for ln in text.splitlines() if ln.startswith("Training wall time")), "")
     return re.findall(r"([\w.-]+-seed\d+) [\d.]+ \(", line.partition(": ")[2])
 
@@ -241,8 +240,7 @@ def report(plan: str, entries, seeds) -> None:
     table = format_aggregate(rows) + "\n" + behaviour_row(DATASETS[plan])
     reports = {d: json.loads((Path(d) / "report.json").read_text()) for d in finished}
     walls = {d: r.get("train_seconds") or last_log_wall(Path(d)) for d, r in reports.items()}
-    notes = out.read_text().partition(NOTES)[2] if out.is_file() else ""  # hand-written notes survive a rewrite
-    out.write_text(f"# {plan}\n\nCommand: `python experiments/offline_queue.py --plan {plan} --seeds "
+    write_results_page(out, f"# {plan}\n\nCommand: `python experiments/offline_queue.py --plan {plan} --seeds "
                    f"{' '.join(map(str, seeds))}`; dataset {DATASETS[plan]}; each run's config and "
                    f"environment are in results/records/{plan}/<run>/ (runs/experiments/{plan}/ on the machine "
                    f"that trained it holds its logs and checkpoints). The ms/action column was "
@@ -251,8 +249,7 @@ def report(plan: str, entries, seeds) -> None:
                    f"{table}\n\n"
                    "Training wall time (s; summed over its sessions, else the wall_s of its log's last row) and "
                    "device of each run: "
-                   + ", ".join(f"{Path(d).name} {w} ({trained_on(Path(d))})" for d, w in walls.items()) + "\n"
-                   + (NOTES + notes if notes else ""))
+                   + ", ".join(f"{Path(d).name} {w} ({trained_on(Path(d))})" for d, w in walls.items()) + "\n")
     print(table)
     print(f"\nwritten: {out}")
 
@@ -262,7 +259,7 @@ def plan_table(plan: str) -> tuple[dict[tuple[str, str], str], str | None]:
     behaviour data's score."""
     path = ROOT / "results" / f"{plan}.md"
     cells, behaviour = {}, None
-    for line in (path.read_text().partition(NOTES)[0] if path.is_file() else "").splitlines():
+    for line in read_results_page(path)[0].splitlines():
         cols = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cols) != 8 or cols[0] in ("algo", "") or cols[0].startswith("-"):
             continue

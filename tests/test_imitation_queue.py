@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from cleandiffuser.runner.rundir import NOTES_MARKER
+
 STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000"]
 
 
@@ -48,7 +50,7 @@ def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
     old = [queue.table_rows(n, report(n, 1500 if n.startswith("ctmp") else 5000, 0.3), cover=False)
            for n in ("edm", "ctmp-bins20")]  # tabulated before records were kept; their run directories are gone
     out.write_text("# old\n\n| policy | training steps | NFE |\n|---|---:|---:|\n" + "\n".join(old[0] + old[1])
-                   + "\n" + queue.NOTES + "hand-written notes\n")
+                   + "\n" + NOTES_MARKER + "hand-written notes\n")
     base = queue.ROOT / "runs" / "experiments" / "imitation-can"
     finish(base / "edm", report("edm", 5000, 0.72))  # the teacher, trained again
     finish(base / "ctmp-5000-ode4-bins20", report("ctmp-5000-ode4-bins20", 5000, 0.7))
@@ -58,7 +60,7 @@ def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
                                                   "ctmp-bins20", "ctmp-bins20"]
     # the new teacher replaces the old row; the old student stays
     assert "0.72 ± 0.05" in rows[0] and rows[3:] == old[1]
-    assert out.read_text().endswith(queue.NOTES + "hand-written notes\n")
+    assert out.read_text().endswith(NOTES_MARKER + "hand-written notes\n")
     records = queue.ROOT / "results" / "records" / "imitation-can"
     assert sorted(p.name for p in records.iterdir()) == ["ctmp-5000-ode4-bins20", "edm"]
     assert not (records / "edm" / "checkpoints").exists()

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from cleandiffuser.runner.rundir import NOTES_MARKER
 
 
 @pytest.fixture()
@@ -44,9 +45,11 @@ def test_records_survive_the_run_directories_and_finished_runs_are_skipped(queue
                                                                queue.RECORDS / plan / "dbc-seed1"]
     monkeypatch.setattr(queue.subprocess, "call", lambda *a, **k: pytest.fail(f"retrained a finished run: {a}"))
     assert queue.run_plan(plan, entries, []) == []
-    (queue.ROOT / "results" / f"{plan}.md").unlink()
-    queue.report(plan, entries, [0, 1])  # the table regenerates from the records alone
-    assert "42.0 ± 2.0" in (queue.ROOT / "results" / f"{plan}.md").read_text()
+    out = queue.ROOT / "results" / f"{plan}.md"
+    out.write_text("# stale\n" + NOTES_MARKER + "hand-written notes\n")
+    queue.report(plan, entries, [0, 1])  # the table regenerates from the records alone; the notes stay
+    assert "42.0 ± 2.0" in out.read_text() and "stale" not in out.read_text()
+    assert out.read_text().endswith(NOTES_MARKER + "hand-written notes\n")
 
 
 def test_a_table_is_not_rewritten_from_fewer_runs_than_it_lists(queue, capsys):

@@ -4,7 +4,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-__all__ = ["RECORD_FILES", "find_checkpoint", "finished_run", "keep_record", "latest_checkpoint", "record_path"]
+__all__ = ["RECORD_FILES", "find_checkpoint", "finished_run", "keep_record", "latest_checkpoint", "read_results_page",
+           "record_path", "write_results_page"]
 
 # what a finished run's record keeps (a few KB): enough to tabulate it and to say how and where it was trained
 RECORD_FILES = ("report.json", "config.yaml", "environment.json")
@@ -59,3 +60,20 @@ def finished_run(run_dir, records) -> Path | None:
         if (d / "report.json").is_file():
             return d
     return None
+
+
+# a results page (results/<plan>.md) is a generated table, then this marker, then hand-written notes
+NOTES_MARKER = "\n<!-- notes: kept when --report rewrites the table above -->\n"
+
+
+def read_results_page(path) -> tuple[str, str]:
+    """(generated part, hand-written notes) of a results page; ('', '') where there is none."""
+    path = Path(path)
+    generated, _, notes = path.read_text().partition(NOTES_MARKER) if path.is_file() else ("", "", "")
+    return generated, notes
+
+
+def write_results_page(path, generated: str) -> None:
+    """Rewrite a results page's generated part; its hand-written notes stay."""
+    notes = read_results_page(path)[1]
+    Path(path).write_text(generated + (NOTES_MARKER + notes if notes else ""))
