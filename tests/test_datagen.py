@@ -204,6 +204,12 @@ def test_sac_resume_is_exact_and_feeds_datasets(mujoco_env, tmp_path, monkeypatc
                                        progress=False, log=None))
     assert len(d["rewards"]) == 200 and not d["metadata"]["replay_run_made_shipped_snapshot"]
     np.testing.assert_array_equal(d["observations"], ta["obs"][:200])
+    from cleandiffuser.datagen.cli import main  # the flag reaches make_dataset from the command line
+    assert main(["dataset", "make", "hopper-medium-replay-cd-v0", "--out", str(tmp_path / "mr3.hdf5")]) == 2
+    assert main(["dataset", "make", "hopper-medium-replay-cd-v0", "--out", str(tmp_path / "mr3.hdf5"),
+                 "--from-rerun"]) == 0
+    meta = read_d4rl_hdf5(tmp_path / "mr3.hdf5")["metadata"]
+    assert not meta["replay_run_made_shipped_snapshot"] and meta["generation_command"].endswith("--from-rerun")
 
     me = dg.make_dataset("hopper-medium-expert-cd-v0", run_dir=rb, steps=400, progress=False, log=None)
     d = read_d4rl_hdf5(me)

@@ -241,7 +241,7 @@ def shipped_policy(env: str, kind: str) -> Path | None:
     return sel.parent / name if name else None
 
 
-def _shipped_snapshot_step(env: str, shipped: Path, run_dir: Path, from_rerun: bool = False) -> tuple[int, bool]:
+def _shipped_replay_cut(env: str, shipped: Path, run_dir: Path, from_rerun: bool = False) -> tuple[int, bool]:
     """Env step of a shipped snapshot (actor_000080000 -> 80000), and whether `run_dir` holds that very snapshot
     (the run that made it). A run that does not is refused unless `from_rerun`."""
     step = int(shipped.stem.rsplit("_", 1)[1])
@@ -318,7 +318,7 @@ def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, r
         shipped = shipped_policy(env, "medium")
         if shipped is not None and not run_dir_given:
             # the replay buffer of the run that produced the shipped medium snapshot, up to that snapshot
-            stop, same = _shipped_snapshot_step(env, shipped, run_dir, from_rerun)
+            stop, same = _shipped_replay_cut(env, shipped, run_dir, from_rerun)
             sel = {**sel, "medium": {**sel["medium"], "snapshot": f"snapshots/{shipped.name}"}}
             extra["replay_run_made_shipped_snapshot"] = same
             if not same:
