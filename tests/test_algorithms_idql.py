@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from cleandiffuser.algorithms import IDQLAgent, IQLCritic, make_idql_actor
+from cleandiffuser.algorithms import GaussianActor, IDQLAgent, IQLAgent, IQLCritic, make_idql_actor
 from cleandiffuser.dataset.dataset_utils import TensorBatchSampler
 from cleandiffuser.diffusion import (
     ContinuousConsistencyModel,
@@ -106,6 +106,83 @@ def test_critic_save_load_roundtrip(tmp_path):
     assert torch.allclose(critic.q(obs, act, target=False), other.q(obs, act, target=False))
     with pytest.raises(ValueError, match="expectile"):
         IQLCritic(3, 2, hidden_dim=16, expectile=0.9).load(tmp_path / "critic.ckpt")
+
+
+# ---------------------------------------------------------------------- the IQL algorithm
+TINY_IQL = {"critic": {"hidden_dim": 32, "tau": 0.05, "lr": 3e-3}, "actor_params": {"hidden_dim": 32},
+            "actor_lr": 3e-3}
+
+
+def test_gaussian_actor_log_prob_is_the_normal_density():
+    actor = GaussianActor(3, 2, hidden_dim=8)
+    with torch.no_grad():
+        actor.log_std.copy_(torch.tensor([-0.3, 0.4]))
+    obs, act = torch.randn(6, 3), torch.rand(6, 2) * 2 - 1
+    want = torch.distributions.Normal(actor(obs), actor.log_std.exp()).log_prob(act).sum(-1)
+    torch.testing.assert_close(actor.log_prob(obs, act), want)
+    assert actor(obs).abs().max() < 1
+
+
+def test_iql_policy_takes_the_higher_advantage_action_where_bc_would_average():
+    """On the tabular bandit the data's mean action is +0.25 at s = +1 and 0 at s = -1; advantage weighting
+    moves the policy's mean onto the rewarded action (+0.5 and -0.5)."""
+    torch.manual_seed(0)
+    agent = IQLAgent.from_config(1, 1, TINY_IQL, steps=600)
+    sampler = TensorBatchSampler(tabular_bandit(), 256, generator=0)
+    logs = [agent.update(sampler.sample()) for _ in range(600)]
+    assert set(logs[0]) == {"q_loss", "v_loss", "actor_loss", "adv_mean", "weight_mean", "lr"}
+    assert logs[-1]["lr"] < 1e-5 and logs[0]["lr"] == pytest.approx(3e-3)  # cosine decay to 0 over `steps`
+    a = agent.act(torch.tensor([[1.0], [-1.0]])).squeeze(1)
+    assert torch.allclose(a, torch.tensor([0.5, -0.5]), atol=0.12), a
+    # beta = 0 weighs every action alike: plain Gaussian behaviour cloning of the data's mean
+    torch.manual_seed(0)
+    bc = IQLAgent.from_config(1, 1, {**TINY_IQL, "beta": 0.0, "lr_decay": False}, steps=600)
+    for _ in range(600):
+        bc.update(sampler.sample())
+    a = bc.act(torch.tensor([[1.0], [-1.0]])).squeeze(1)
+    assert torch.allclose(a, torch.tensor([0.25, 0.0]), atol=0.1), a
+
+
+def test_iql_checkpoint_round_trip_continues_training_identically(tmp_path):
+    from cleandiffuser.serialization import load_checkpoint, save_checkpoint
+    sampler = TensorBatchSampler(tabular_bandit(512), 64, generator=0)
+    agent = IQLAgent.from_config(1, 1, TINY_IQL, steps=50)
+    for _ in range(7):
+        agent.update(sampler.sample())
+    save_checkpoint(tmp_path / "iql.ckpt", *agent.checkpoint_state())
+    fresh = IQLAgent.from_config(1, 1, TINY_IQL, steps=50).load_checkpoint_state(*load_checkpoint(tmp_path / "iql.ckpt"))
+    assert fresh.updates == 7
+    batch = sampler.sample()
+    assert agent.update(batch) == fresh.update(batch)  # optimizers, target network and lr schedule came along
+    s = torch.tensor([[1.0], [-1.0]])
+    assert torch.equal(agent.act(s), fresh.act(s))
+
+
+@pytest.mark.parametrize("cfg, match", [
+    ({"temperature": 3.0}, r"unknown key\(s\) \['temperature'\] in agent"),
+    ({"critic": {"expectle": 0.7}}, r"unknown key\(s\) \['expectle'\] in agent.critic"),
+    ({"actor_params": {"n_blocks": 2}}, r"unknown key\(s\) \['n_blocks'\] in agent.actor_params"),
+    ({"beta": -1.0}, "beta must be >= 0"),
+    ({"max_weight": 0}, "max_weight must be > 0"),
+    ({"lr_decay": "yes"}, "lr_decay must be true or false"),
+    ({"critic": {"expectile": 1.0}}, "expectile must be in"),
+    ({"actor_params": {"n_layers": 0}}, "n_layers must be >= 1"),
+])
+def test_iql_from_config_rejects_unknown_keys_and_bad_values(cfg, match):
+    with pytest.raises(ValueError, match=match):
+        IQLAgent.from_config(3, 2, cfg, steps=10)
+
+
+def test_idql_with_a_fixed_critic_trains_the_actor_only():
+    critic = IQLCritic(2, 1, hidden_dim=16)
+    before = {k: v.clone() for k, v in critic.state_dict().items()}
+    agent = IDQLAgent(make_idql_actor("ddpm", 2, 1, **SMALL), critic, train_critic=False)
+    sampler = TensorBatchSampler(contextual_bandit(256), 32, generator=0)
+    out = [agent.update(sampler.sample()) for _ in range(3)]
+    assert all(set(o) == {"actor_loss"} for o in out)
+    assert all(torch.equal(v, critic.state_dict()[k]) for k, v in before.items())
+    with pytest.raises(ValueError, match="train_critic must be true or false"):
+        IDQLAgent(agent.actor, critic, train_critic="no")
 
 
 # ---------------------------------------------------------------------- IDQL on a contextual bandit

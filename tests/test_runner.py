@@ -180,7 +180,49 @@ def test_torchrun_two_cpu_ranks_stay_identical(tiny_dataset, tmp_path):
     assert load_agent(run).step == 20
 
 
-@pytest.mark.parametrize("name", ["idql", "quickstart", "dql", "edp", "dbc"])
+def test_idql_reuses_a_critic_pretrained_by_an_iql_run(tiny_dataset, tmp_path, capsys):
+    """`cleandiffuser train iql`, then IDQL with agent.critic_path: the critic is that run's and stays fixed."""
+    quiet = dict(progress=False, log=lambda *_: None)
+    iql = load_config("iql", [f"dataset={tiny_dataset}", "steps=30", "eval.episodes=0", "compile=false",
+                              "env=HalfCheetah-v5", "agent.critic.hidden_dim=32", "batch_size=32"])
+    train(iql, run_dir=tmp_path / "iql", **quiet)
+    pretrained = load_agent(tmp_path / "iql").agent.critic.state_dict()
+    overrides = [f"dataset={tiny_dataset}", "steps=20", "log_every=1", "checkpoint_every=0", "eval.episodes=0", *TINY]
+    cfg = load_config("idql", [*overrides, f"agent.critic_path={tmp_path / 'iql'}"])
+    train(cfg, run_dir=tmp_path / "idql", **quiet)
+    train(cfg, run_dir=tmp_path / "split", progress=False, log=lambda *_: None, stop_at=12)
+    (tmp_path / "iql" / "checkpoints" / "latest.ckpt").unlink()  # the run's own checkpoints hold the critic now
+    train(cfg.copy(), run_dir=tmp_path / "split", resume=True, **quiet)
+    assert [r["actor_loss"] for r in read_log(tmp_path / "idql")] == \
+        [r["actor_loss"] for r in read_log(tmp_path / "split")]  # resumed exactly
+    assert set(read_log(tmp_path / "idql")[0]) == {"step", "wall_s", "updates_per_s", "actor_loss"}
+    for name in ("idql", "split"):
+        critic = load_agent(tmp_path / name).agent.critic.state_dict()
+        assert all(torch.equal(critic[k], v) for k, v in pretrained.items() if k != "step"), name
+
+    # a critic the run cannot use is refused, with the reason
+    from cleandiffuser.datagen.generate import generate_dataset
+    other = tmp_path / "halfcheetah-other.hdf5"
+    generate_dataset(other, "HalfCheetah-v5", "random", 1500, 1, "halfcheetah-other", "test", False, {})
+    train(iql, run_dir=tmp_path / "iql2", **quiet)
+    bad = {"different dataset": ([f"dataset={other}"], "observation statistics differ"),
+           "other critic size": (["agent.critic.hidden_dim=64"], "hidden_dim: critic 64 vs checkpoint 32"),
+           "rewards scaled otherwise": (["normalize_reward=false"], "normalize_reward")}
+    for what, (changes, match) in bad.items():
+        cfg = load_config("idql", [*overrides, *changes, f"agent.critic_path={tmp_path / 'iql2'}"])
+        with pytest.raises(ConfigError, match=match):
+            train(cfg, run_dir=tmp_path / what, **quiet)
+    dbc = load_config("dbc", [f"dataset={tiny_dataset}", "steps=2", "eval.episodes=0", "compile=false"])
+    train(dbc, run_dir=tmp_path / "dbc", **quiet)
+    cfg = load_config("idql", [*overrides, f"agent.critic_path={tmp_path / 'dbc'}"])
+    with pytest.raises(ConfigError, match="holds no IQL critic"):
+        train(cfg, run_dir=tmp_path / "z", **quiet)
+    assert main(["train", "idql", "--dataset", tiny_dataset, "--run-dir", str(tmp_path / "w"), "--no-progress",
+                 f"agent.critic_path={tmp_path / 'nowhere'}", *TINY]) == 2
+    assert "nowhere" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc"])
 def test_every_builtin_config_builds_its_agent(name):
     from cleandiffuser.runner.offline import build_agent
     cfg = load_config(name)

@@ -107,6 +107,8 @@ class IDQLAgent(Agent):
             becomes the actor, trained by consistency distillation from then on (the seed-000 workflow
             edm_training -> cd_training in one run). None: never.
         distillation_N: Karras grid size of that distillation.
+        train_critic: False keeps the critic as it is (a pretrained one, e.g. loaded from an `iql` run:
+            `agent.critic_path` in configs/idql.yaml); update() then trains the actor only.
     """
 
     name = "idql"
@@ -114,7 +116,7 @@ class IDQLAgent(Agent):
     def __init__(self, actor: DiffusionModel, critic: IQLCritic, num_candidates: int = 256,
                  weight_temperature: float = 100.0, selection: str = "softmax", sample_steps: int | None = None,
                  solver: str | None = None, temperature: float = 1.0, distill_at: int | None = None,
-                 distillation_N: int = 18):
+                 distillation_N: int = 18, train_critic: bool = True):
         if selection not in ("softmax", "greedy"):
             raise ValueError(f"selection={selection!r} is not one of ('softmax', 'greedy')")
         if num_candidates < 1:
@@ -129,6 +131,9 @@ class IDQLAgent(Agent):
         self.requested_solver, self.requested_steps = solver, sample_steps
         self.temperature = temperature
         self.distill_at, self.distillation_N = distill_at, distillation_N
+        if not isinstance(train_critic, bool):
+            raise ValueError(f"train_critic must be true or false, got {train_critic!r}")  # noqa: TRY004
+        self.train_critic = train_critic
         self.updates = 0
         self._set_sampling()
 
@@ -136,8 +141,11 @@ class IDQLAgent(Agent):
     def from_config(cls, obs_dim: int, act_dim: int, cfg: Mapping, steps: int,
                     device: str | torch.device = "cpu") -> IDQLAgent:
         """Build from the `agent` section of configs/idql.yaml; `steps` is the run's update count
-        (a "cd" actor is an EDM for the first steps - distill_steps, then distilled)."""
+        (a "cd" actor is an EDM for the first steps - distill_steps, then distilled). With `critic_path`
+        set the critic is not trained: the run loads it from there (runner.offline.load_pretrained_critic)."""
         cfg = dict(cfg)
+        if cfg.pop("critic_path", None) is not None:
+            cfg["train_critic"] = False
         kind = cfg.pop("actor")
         if kind not in ACTOR_KINDS:
             raise ValueError(f"agent.actor={kind!r} is not one of {ACTOR_KINDS}")
@@ -197,11 +205,11 @@ class IDQLAgent(Agent):
         return self.critic.update(batch)
 
     def update(self, batch: Mapping) -> dict:
-        """Both updates on the same batch: {"actor_loss", "q_loss", "v_loss"}; starts the distillation
-        when `distill_at` updates are done."""
+        """Both updates on the same batch: {"actor_loss", "q_loss", "v_loss"} (the actor's only with a
+        pretrained critic: train_critic=False); starts the distillation when `distill_at` updates are done."""
         if self.distill_at is not None and self.teacher is None and self.updates >= self.distill_at:
             self.start_distillation()
-        out = self.update_critic(batch)
+        out = self.update_critic(batch) if self.train_critic else {}
         out["actor_loss"] = self.update_actor(batch)["loss"]
         self.updates += 1
         return out

@@ -1,4 +1,5 @@
-"""IQL value learning (Kostrikov et al. 2022), the critic half of IDQL (Hansen-Estruch et al. 2023).
+"""Implicit Q-learning (Kostrikov et al. 2022): its critic, also the critic half of IDQL (Hansen-Estruch et
+al. 2023), and the full algorithm (`IQLAgent`: the critic plus an advantage-weighted Gaussian policy).
 
 One update on a batch of transitions (s, a, r, s', done):
 
@@ -12,9 +13,11 @@ upper expectile of Q over the *dataset's* actions, so no out-of-distribution act
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Mapping
 
 import torch
+from torch import nn
 
 from ..serialization import (
     flatten_state,
@@ -23,10 +26,10 @@ from ..serialization import (
     unflatten_state,
 )
 from ..utils.iql_networks import IDQLQNet, IDQLVNet
+from .base import Agent, check_keys, check_number, init_keys, polyak_update
 from .base import obs_state as _state
-from .base import polyak_update
 
-__all__ = ["IQLCritic", "expectile_loss"]
+__all__ = ["GaussianActor", "IQLAgent", "IQLCritic", "expectile_loss"]
 
 
 def expectile_loss(u: torch.Tensor, expectile: float) -> torch.Tensor:
@@ -188,3 +191,125 @@ class IQLCritic:
         """Load a checkpoint written by save(); the hyperparameters must match."""
         tensors, meta = load_checkpoint(path)
         return self.load_checkpoint_state(tensors, meta, load_optimizer=load_optimizer, source=str(path))
+
+
+# ---------------------------------------------------------------------------- the IQL algorithm
+class GaussianActor(nn.Module):
+    """IQL's policy: N(tanh(mu(s)), diag(sigma^2)) with a ReLU MLP mu and a learned, state-independent
+    log sigma clipped to [-5, 2]. The mean tanh(mu(s)) is the action at test time."""
+
+    def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int = 256, n_layers: int = 2, dropout: float = 0.0):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = obs_dim
+        for _ in range(n_layers):
+            layers += [nn.Linear(width, hidden_dim), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = hidden_dim
+        self.mu = nn.Sequential(*layers, nn.Linear(width, act_dim))
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """The mean action (B, act_dim) in (-1, 1)."""
+        return torch.tanh(self.mu(obs))
+
+    def log_prob(self, obs: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """log N(act; tanh(mu(obs)), sigma^2) summed over action dimensions: (B,)."""
+        log_std = self.log_std.clamp(-5.0, 2.0)
+        z = (act - self(obs)) * torch.exp(-log_std)
+        return (-0.5 * z.pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+class IQLAgent(Agent):
+    """Implicit Q-learning (Kostrikov et al. 2022): the IQL critic above, and a Gaussian policy extracted
+    from it by advantage-weighted regression on the dataset's actions,
+
+        L_pi = -E[ min(exp(beta (Q_target(s, a) - V(s))), max_weight) log pi(a | s) ],
+
+    with the actor's learning rate cosine-decayed to 0 over the run (the paper's locomotion setup:
+    beta 3, expectile 0.7, max weight 100, Adam 3e-4, 2 x 256 ReLU layers). act() returns the mean.
+    A run of this agent is also how a critic is pretrained for IDQL (`agent.critic_path`).
+
+    Args:
+        critic: an IQLCritic (trained here, one IQL step per update).
+        actor: a GaussianActor.
+        steps: the run's total updates (the horizon of the actor's cosine decay).
+        beta: inverse temperature of the advantage weights.
+        max_weight: clip of the weights exp(beta A).
+        actor_lr: Adam learning rate of the actor.
+        lr_decay: cosine-decay the actor's learning rate to 0 over `steps` (else constant).
+    """
+
+    name = "iql"
+
+    def __init__(self, critic: IQLCritic, actor: GaussianActor, steps: int = 1, *, beta: float = 3.0,
+                 max_weight: float = 100.0, actor_lr: float = 3e-4, lr_decay: bool = True):
+        check_number("steps", steps, 1, integer=True)
+        check_number("beta", beta, 0.0)
+        check_number("max_weight", max_weight, 0.0, lo_open=True)
+        check_number("actor_lr", actor_lr, 0.0, lo_open=True)
+        if not isinstance(lr_decay, bool):
+            raise ValueError(f"lr_decay must be true or false, got {lr_decay!r}")  # noqa: TRY004 (a config value)
+        self.critic, self.device = critic, critic.device
+        self.obs_dim, self.act_dim = critic.obs_dim, critic.act_dim
+        self.actor = actor.to(self.device)
+        self.actor_optim = torch.optim.Adam(self.actor.parameters(), lr=actor_lr, fused=True)
+        self.steps, self.beta, self.max_weight = steps, beta, max_weight
+        self.actor_lr, self.lr_decay = actor_lr, lr_decay
+        self.updates = 0
+
+    @classmethod
+    def from_config(cls, obs_dim: int, act_dim: int, cfg: Mapping, steps: int,
+                    device: str | torch.device = "cpu") -> IQLAgent:
+        """Build from the `agent` section of configs/iql.yaml: the agent's keywords, `critic:` (IQLCritic's
+        keywords) and `actor_params:` (GaussianActor's). Unknown keys and bad values raise ValueError."""
+        cfg = dict(cfg)
+        check_keys("agent", cfg, init_keys(cls.__init__, ("critic", "actor", "steps")) | {"critic", "actor_params"})
+        critic_cfg = dict(cfg.pop("critic", None) or {})
+        check_keys("agent.critic", critic_cfg, init_keys(IQLCritic.__init__, ("obs_dim", "act_dim", "device")))
+        actor_cfg = dict(cfg.pop("actor_params", None) or {})
+        check_keys("agent.actor_params", actor_cfg, init_keys(GaussianActor.__init__, ("obs_dim", "act_dim")))
+        for name in ("hidden_dim", "n_layers"):
+            if name in actor_cfg:
+                check_number(f"actor_params.{name}", actor_cfg[name], 1, integer=True)
+        if "dropout" in actor_cfg:
+            check_number("actor_params.dropout", actor_cfg["dropout"], 0.0, 1.0)
+        critic = IQLCritic(obs_dim, act_dim, device=device, **critic_cfg)
+        return cls(critic, GaussianActor(obs_dim, act_dim, **actor_cfg), steps, **cfg)
+
+    def parts(self) -> dict:
+        return {"critic": self.critic, "actor": self.actor, "actor_optim": self.actor_optim}
+
+    def extra_state(self) -> dict:
+        return {"updates": self.updates}
+
+    def load_extra_state(self, state: dict) -> None:
+        self.updates = int(state.get("updates", 0))
+
+    def update(self, batch: Mapping) -> dict:
+        """One IQL critic step, then one advantage-weighted actor step. Returns {"q_loss", "v_loss",
+        "actor_loss", "adv_mean", "weight_mean", "lr"}."""
+        out = self.critic.update(batch)
+        obs = _state(batch["obs"]).to(self.device, torch.float32)
+        act = batch["act"].to(self.device, torch.float32)
+        adv = (self.critic.q(obs, act) - self.critic.v(obs)).squeeze(-1)
+        weight = torch.exp(self.beta * adv).clamp(max=self.max_weight)
+        loss = -(weight * self.actor.log_prob(obs, act)).mean()
+        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.updates, self.steps) / self.steps)) if self.lr_decay else 1.0
+        for group in self.actor_optim.param_groups:
+            group["lr"] = self.actor_lr * factor
+        self.actor_optim.zero_grad(set_to_none=True)
+        loss.backward()
+        self.actor_optim.step()
+        self.updates += 1
+        return {**out, "actor_loss": loss.item(), "adv_mean": adv.mean().item(), "weight_mean": weight.mean().item(),
+                "lr": self.actor_lr * factor}
+
+    @torch.no_grad()
+    def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The policy's mean action (B, act_dim) for normalized observations (B, obs_dim) (deterministic)."""
+        obs = _state(obs)
+        if obs.dim() != 2 or obs.shape[1] != self.obs_dim:
+            raise ValueError(f"obs must be (B, {self.obs_dim}), got shape {tuple(obs.shape)}")
+        return self.actor(obs.to(self.device, torch.float32))

@@ -42,8 +42,8 @@ from .config import ConfigError, apply_overrides, check_config
 from .distributed import init_distributed
 from .rundir import find_checkpoint, latest_checkpoint
 
-__all__ = ["train", "build_agent", "load_agent", "evaluate_agent", "evaluate_run", "resolve_device",
-           "save_run_checkpoint", "LoadedRun", "find_checkpoint"]
+__all__ = ["train", "build_agent", "load_agent", "load_pretrained_critic", "evaluate_agent", "evaluate_run",
+           "resolve_device", "save_run_checkpoint", "LoadedRun", "find_checkpoint"]
 
 CHECKPOINT_FORMAT = "cleandiffuser-run/1"
 
@@ -184,6 +184,38 @@ def load_agent(path, device: str | None = None, overrides: list[str] | tuple = (
     return LoadedRun(agent.eval(), normalizer, cfg, meta, ckpt)
 
 
+def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, cfg: DictConfig) -> int:
+    """Copy the IQL critic of another run (`agent.critic_path`: its directory or checkpoint) into agent.critic;
+    returns the step it was trained to. That run must have seen the same data as this one (the same observation
+    normalizer and reward scaling): otherwise the critic's inputs and values would mean something else."""
+    ckpt = find_checkpoint(path)
+    tensors, meta = load_checkpoint(ckpt)
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise ConfigError(f"agent.critic_path: {ckpt} is not a run checkpoint of `cleandiffuser train`")
+    source = meta.get("config", {})
+    entry = meta["agent"]["parts"].get("critic", {})
+    if entry.get("kind") != "component" or entry["meta"].get("class") != "IQLCritic":
+        raise ConfigError(f"agent.critic_path: {ckpt} (an {source.get('algo')!r} run) holds no IQL critic; "
+                          "pretrain one with `cleandiffuser train iql --dataset ...`")
+    theirs = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("normalizer/")}
+    ours = normalizer.state_dict()
+    same_data = set(theirs) == set(ours) and all(
+        np.shape(theirs[k]) == np.shape(ours[k]) and np.allclose(theirs[k], ours[k], rtol=1e-5, atol=1e-6)
+        for k in ours)
+    if not same_data:
+        raise ConfigError(f"agent.critic_path: {ckpt} was trained on dataset {source.get('dataset')!r}, whose "
+                          f"observation statistics differ from this run's dataset {str(cfg.dataset)!r}")
+    if bool(source.get("normalize_reward")) != bool(cfg.normalize_reward):
+        raise ConfigError(f"agent.critic_path: {ckpt} was trained with normalize_reward="
+                          f"{source.get('normalize_reward')}, this run has normalize_reward={cfg.normalize_reward}")
+    try:
+        agent.critic.load_checkpoint_state(tensors, entry["meta"], prefix="agent/critic/", load_optimizer=False,
+                                           source=f"agent.critic_path {ckpt}")
+    except ValueError as e:  # different critic settings: name the config keys
+        raise ConfigError(f"{e} (set agent.critic.* to the pretrained run's values)") from e
+    return int(meta["step"])
+
+
 # ---------------------------------------------------------------------------- logging
 class RunLog:
     """log.csv (+ TensorBoard events when tensorboard is installed); on resume, rows past the
@@ -303,6 +335,10 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
                                  generator=int(cfg.seed) * 1000 + ctx.rank)
     normalizer = dataset.get_normalizer()
     start, seconds_before = 0, 0.0
+    critic_path = cfg.agent.get("critic_path")
+    if critic_path is not None and not resume:  # on resume the run's checkpoint holds the critic
+        critic_step = load_pretrained_critic(agent, critic_path, normalizer, cfg)
+        say(f"critic: {critic_path} (trained {critic_step:,} steps), kept fixed")
     if resume:
         tensors, meta = load_checkpoint(latest)
         seconds_before = float(meta.get("train_seconds", 0.0))
