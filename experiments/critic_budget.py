@@ -31,6 +31,10 @@ def main() -> None:
     ap.add_argument("idql_run", type=Path)
     ap.add_argument("iql_run", type=Path)
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--steps", type=int, nargs="+", default=None,
+                    help="only the IQL checkpoints of these steps (default: every kept one and latest.ckpt)")
+    ap.add_argument("--weight-temperatures", type=float, nargs="+", default=None,
+                    help="score IDQL at these softmax(w (Q - V)) temperatures (default: the run's own)")
     ap.add_argument("--out", type=Path, default=None, help="markdown table (default: print only)")
     args = ap.parse_args()
 
@@ -38,6 +42,7 @@ def main() -> None:
     if run.cfg.algo != "idql":
         raise SystemExit(f"{args.idql_run} is an {run.cfg.algo!r} run, not an idql one")
     cfg, agent = run.cfg, run.agent
+    temps = args.weight_temperatures or [agent.weight_temperature]
     cfg.eval.episodes = args.episodes
     cfg.eval.sample_steps = [None]
 
@@ -59,15 +64,19 @@ def main() -> None:
     print(f"actor alone {alone['score_mean']:.1f} ± {alone['score_se']:.1f}", flush=True)
     for ckpt in critic_checkpoints(args.iql_run):
         step = load_pretrained_critic(agent, ckpt, run.normalizer, cfg)
+        if args.steps is not None and step not in args.steps:
+            continue
         t = time.time()
-        with_critic = score(agent, cfg, f"iql-{step:08d}")
         iql = load_agent(ckpt, device="cpu")
         iql.cfg.eval.episodes = args.episodes
         iql_policy = score(iql.agent, iql.cfg, f"iql-policy-{step:08d}")
-        rows.append((f"{args.iql_run.name} {ckpt.name}", step, with_critic, iql_policy))
-        print(f"critic {ckpt} ({step:,} steps): IDQL {with_critic['score_mean']:.1f} ± {with_critic['score_se']:.1f}, "
-              f"IQL policy {iql_policy['score_mean']:.1f} ± {iql_policy['score_se']:.1f} ({time.time() - t:.0f} s)",
-              flush=True)
+        for w in temps:
+            agent.weight_temperature = w
+            with_critic = score(agent, cfg, f"iql-{step:08d}-w{w:g}")
+            rows.append((f"{args.iql_run.name} {ckpt.name}, w = {w:g}", step, with_critic, iql_policy))
+            print(f"critic {ckpt} ({step:,} steps), w {w:g}: IDQL {with_critic['score_mean']:.1f} ± "
+                  f"{with_critic['score_se']:.1f}, IQL policy {iql_policy['score_mean']:.1f} ± "
+                  f"{iql_policy['score_se']:.1f} ({time.time() - t:.0f} s)", flush=True)
 
     def cell(r):
         return f"{r['score_mean']:.1f} ± {r['score_se']:.1f}" if r else "-"
@@ -82,7 +91,11 @@ def main() -> None:
     print(table)
     if args.out is not None:
         args.out.write_text(f"# Critic budget: {cfg.dataset}\n\nCommand: `python experiments/critic_budget.py "
-                            f"{args.idql_run} {args.iql_run} --episodes {args.episodes} --out {args.out}`\n\n"
+                            f"{args.idql_run} {args.iql_run} --episodes {args.episodes}"
+                            + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else "")
+                            + (f" --weight-temperatures {' '.join(f'{w:g}' for w in temps)}"
+                               if args.weight_temperatures else "")
+                            + f" --out {args.out}`\n\n"
                             + table)
         (args.out.with_suffix(".json")).write_text(json.dumps(
             {"alone": alone, "rows": [{"critic": n, "step": s, "idql": r, "iql_policy": p} for n, s, r, p in rows]},

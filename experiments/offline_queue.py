@@ -49,6 +49,7 @@ _SEED000 = [  # (name, config, overrides); every entry runs for each seed
     ("dql", "dql", [*_CPU, "eval.sample_steps=null"]),
     ("edp", "edp", [*_CPU, "eval.sample_steps=null"]),
     ("dbc", "dbc", [*_CPU, "eval.sample_steps=null"]),
+    ("iql", "iql", [*_CPU, "eval.sample_steps=null"]),  # the non-diffusion baseline, at the same budget
 ]
 # the seed-000 table on each generated dataset (CPU budgets)
 _KINDS = {env: ("medium", "medium-replay", "medium-expert") for env in ("halfcheetah", "hopper", "walker2d")}

@@ -150,7 +150,8 @@ def test_iql_checkpoint_round_trip_continues_training_identically(tmp_path):
     for _ in range(7):
         agent.update(sampler.sample())
     save_checkpoint(tmp_path / "iql.ckpt", *agent.checkpoint_state())
-    fresh = IQLAgent.from_config(1, 1, TINY_IQL, steps=50).load_checkpoint_state(*load_checkpoint(tmp_path / "iql.ckpt"))
+    fresh = IQLAgent.from_config(1, 1, TINY_IQL, steps=50)
+    fresh.load_checkpoint_state(*load_checkpoint(tmp_path / "iql.ckpt"))
     assert fresh.updates == 7
     batch = sampler.sample()
     assert agent.update(batch) == fresh.update(batch)  # optimizers, target network and lr schedule came along

@@ -17,13 +17,18 @@ def _pm(mean, se, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {se:.{digits}f}" if se is not None and math.isfinite(se) else f"{mean:.{digits}f}"
 
 
+def _steps(k) -> str:
+    """A sample-steps cell: '-' for an agent without a sampler (IQL's Gaussian policy)."""
+    return "-" if k is None else str(k)
+
+
 def format_table(report: dict) -> str:
     """Markdown table of one run's evaluation rows."""
     lines = [f"{report['algo']} on {report['dataset']} (seed {report['seed']}, {report['steps']:,} gradient steps)",
              "", "| sample steps | normalized score (mean ± SE) | episodes | return | ms/action |",
              "|---:|---:|---:|---:|---:|"]
     for r in report.get("rows", []):
-        lines.append(f"| {r['sample_steps']} | {_pm(r['score_mean'], r['score_se'])} | {r['episodes']} | "
+        lines.append(f"| {_steps(r['sample_steps'])} | {_pm(r['score_mean'], r['score_se'])} | {r['episodes']} | "
                      f"{r['return_mean']:.0f} | {r.get('ms_per_action', float('nan')):.2f} |")
     return "\n".join(lines)
 
@@ -141,6 +146,6 @@ def format_aggregate(rows: list[dict]) -> str:
              "| ms/action |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lat = f"{r['ms_per_action']:.2f}" if r["ms_per_action"] is not None else "n/a"
-        lines.append(f"| {r['algo']} | {r['dataset']} | {r['sample_steps']} | {r['steps']:,} | {len(r['seeds'])} | "
-                     f"{r['episodes']} | {_pm(r['score_mean'], r['score_se'])} | {lat} |")
+        lines.append(f"| {r['algo']} | {r['dataset']} | {_steps(r['sample_steps'])} | {r['steps']:,} | "
+                     f"{len(r['seeds'])} | {r['episodes']} | {_pm(r['score_mean'], r['score_se'])} | {lat} |")
     return "\n".join(lines)
