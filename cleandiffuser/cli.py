@@ -161,7 +161,7 @@ def add_run_commands(sub) -> None:
     train = sub.add_parser("train", help="train an offline-RL agent in a run directory, evaluate it, report",
                            description=f"Built-in configs: {configs}. Trailing key=value pairs override the config "
                                        "(e.g. agent.actor=edm steps=20000 eval.episodes=5).")
-    train.add_argument("algo", nargs="?", help="algorithm / built-in config name (idql, dql, edp, dbc)")
+    train.add_argument("algo", nargs="?", help="algorithm / built-in config name (iql, idql, dql, edp, dbc)")
     train.add_argument("overrides", nargs="*", help="config overrides key=value")
     train.add_argument("--config-name", help="a built-in config name or a path to a YAML file")
     train.add_argument("--dataset", help="dataset: a generated name (see `cleandiffuser dataset list`), "

@@ -20,10 +20,11 @@ from cleandiffuser.runner.offline import evaluate_agent, load_pretrained_critic
 
 
 def critic_checkpoints(iql_run: Path) -> list[Path]:
-    """The kept checkpoints of an iql run in step order, then latest.ckpt (the final one)."""
+    """The kept checkpoints of an iql run in step order, then latest.ckpt once the run has finished (while it
+    trains, latest.ckpt is rewritten under our feet: the critic and the policy would come from different steps)."""
     ckpts = sorted((iql_run / "checkpoints").glob("step_*.ckpt"))
     latest = iql_run / "checkpoints" / "latest.ckpt"
-    return ckpts + [latest] if latest.is_file() else ckpts
+    return ckpts + [latest] if (iql_run / "report.json").is_file() else ckpts
 
 
 def main() -> None:
