@@ -1,6 +1,7 @@
 """Does IDQL's action selection get better when its IQL critic trains longer than its actor?
 
-    python experiments/critic_budget.py IDQL_RUN IQL_RUN [--episodes 10] [--out results/critic-budget-X.md]
+    python experiments/critic_budget.py IDQL_RUN IQL_RUN [--steps 20000 60000 ...] [--weight-temperatures 50 3]
+        [--episodes 10] [--out results/critic-budget-X.md]
 
 IDQL trains actor and critic independently, so one trained actor (IDQL_RUN) can be scored with several critics:
 its own, and each kept checkpoint (step_*.ckpt, latest.ckpt) of an `iql` run on the same dataset (IQL_RUN, e.g.
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from cleandiffuser.runner import load_agent
 from cleandiffuser.runner.offline import evaluate_agent, load_pretrained_critic
+from cleandiffuser.runner.rundir import write_results_page
 
 
 def critic_checkpoints(iql_run: Path) -> list[Path]:
@@ -91,7 +93,7 @@ def main() -> None:
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out is not None:
-        args.out.write_text(f"# Critic budget: {cfg.dataset}\n\nCommand: `python experiments/critic_budget.py "
+        write_results_page(args.out, f"# Critic budget: {cfg.dataset}\n\nCommand: `python experiments/critic_budget.py "
                             f"{args.idql_run} {args.iql_run} --episodes {args.episodes}"
                             + (f" --steps {' '.join(map(str, args.steps))}" if args.steps else "")
                             + (f" --weight-temperatures {' '.join(f'{w:g}' for w in temps)}"
