@@ -11,7 +11,8 @@ from .edp import EDPAgent
 from .idql import ACTOR_KINDS, IDQLAgent, make_idql_actor
 from .iql import GaussianActor, IQLAgent, IQLCritic
 
-ALGORITHMS: dict[str, type[Agent]] = {"iql": IQLAgent, "idql": IDQLAgent, "dql": DQLAgent, "edp": EDPAgent, "dbc": DBCAgent}
+ALGORITHMS: dict[str, type[Agent]] = {"iql": IQLAgent, "idql": IDQLAgent, "dql": DQLAgent, "edp": EDPAgent,
+                                      "dbc": DBCAgent}
 
 __all__ = ["ACTOR_KINDS", "ALGORITHMS", "Agent", "DBCAgent", "DQLAgent", "EDPAgent", "GaussianActor", "IDQLAgent",
            "IQLAgent", "IQLCritic", "make_idql_actor"]

@@ -25,7 +25,8 @@ from torch import nn
 
 from ..serialization import flatten_state, unflatten_state
 
-__all__ = ["Agent", "check_keys", "check_number", "init_keys", "obs_state", "polyak_update", "seeded"]
+__all__ = ["Agent", "check_keys", "check_number", "cosine_decay", "init_keys", "obs_state", "polyak_update",
+           "seeded"]
 
 
 def obs_state(obs) -> torch.Tensor:
@@ -78,6 +79,11 @@ def seeded(generator: torch.Generator | None, device: torch.device):
             with torch.cuda.device(cuda[0]):
                 torch.cuda.manual_seed(seed)
         yield
+
+
+def cosine_decay(step: int, steps: int) -> float:
+    """The factor 0.5 (1 + cos(pi min(step, steps) / steps)) of a learning rate decayed from its base to 0."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(step, steps) / steps))
 
 
 @torch.no_grad()

@@ -41,7 +41,6 @@ only in how the action fed to the Q loss is obtained.
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
@@ -54,7 +53,7 @@ from ..diffusion.sampling import solver_nfe
 from ..nn_condition import IdentityCondition
 from ..nn_diffusion import DQLMlp
 from ..utils import DQLCritic
-from .base import Agent, check_keys, check_number, init_keys, polyak_update, seeded
+from .base import Agent, check_keys, check_number, cosine_decay, init_keys, polyak_update, seeded
 from .base import obs_state as _state
 
 __all__ = ["DQL_VP_SCHEDULE", "DQLAgent", "make_dql_actor", "policy_q_loss", "twin_critic_update"]
@@ -274,8 +273,7 @@ class DQLAgent(Agent):
     # ------------------------------------------------------------------ training
     def _set_lr(self) -> float:
         """Cosine decay from the base rates to 0 over `steps` (or constant); returns the factor."""
-        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.updates, self.steps) / self.steps)) \
-            if self.lr_decay else 1.0
+        factor = cosine_decay(self.updates, self.steps) if self.lr_decay else 1.0
         for group in self.actor.optimizer.param_groups:
             group["lr"] = self.base_lrs[0] * factor
         for group in self.critic_optim.param_groups:

@@ -26,7 +26,7 @@ from ..serialization import (
     unflatten_state,
 )
 from ..utils.iql_networks import IDQLQNet, IDQLVNet
-from .base import Agent, check_keys, check_number, init_keys, polyak_update
+from .base import Agent, check_keys, check_number, cosine_decay, init_keys, polyak_update
 from .base import obs_state as _state
 
 __all__ = ["GaussianActor", "IQLAgent", "IQLCritic", "expectile_loss"]
@@ -296,7 +296,7 @@ class IQLAgent(Agent):
         adv = (self.critic.q(obs, act) - self.critic.v(obs)).squeeze(-1)
         weight = torch.exp(self.beta * adv).clamp(max=self.max_weight)
         loss = -(weight * self.actor.log_prob(obs, act)).mean()
-        factor = 0.5 * (1.0 + math.cos(math.pi * min(self.updates, self.steps) / self.steps)) if self.lr_decay else 1.0
+        factor = cosine_decay(self.updates, self.steps) if self.lr_decay else 1.0
         for group in self.actor_optim.param_groups:
             group["lr"] = self.actor_lr * factor
         self.actor_optim.zero_grad(set_to_none=True)

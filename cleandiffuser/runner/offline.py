@@ -179,9 +179,13 @@ def load_agent(path, device: str | None = None, overrides: list[str] | tuple = (
     agent = build_agent(cfg, meta["obs_dim"], meta["act_dim"], resolve_device(cfg.device))
     agent.load_checkpoint_state(tensors, meta["agent"], prefix="agent/", load_optimizer=load_optimizer,
                                 source=str(ckpt))
-    normalizer = GaussianNormalizer.from_state_dict(
-        {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("normalizer/")})
+    normalizer = GaussianNormalizer.from_state_dict(_saved_normalizer_state(tensors))
     return LoadedRun(agent.eval(), normalizer, cfg, meta, ckpt)
+
+
+def _saved_normalizer_state(tensors) -> dict[str, np.ndarray]:
+    """The observation normalizer's state as save_run_checkpoint stored it."""
+    return {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("normalizer/")}
 
 
 def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, cfg: DictConfig) -> int:
@@ -197,7 +201,7 @@ def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, c
     if entry.get("kind") != "component" or entry["meta"].get("class") != "IQLCritic":
         raise ConfigError(f"agent.critic_path: {ckpt} (an {source.get('algo')!r} run) holds no IQL critic; "
                           "pretrain one with `cleandiffuser train iql --dataset ...`")
-    theirs = {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("normalizer/")}
+    theirs = _saved_normalizer_state(tensors)
     ours = normalizer.state_dict()
     same_data = set(theirs) == set(ours) and all(
         np.shape(theirs[k]) == np.shape(ours[k]) and np.allclose(theirs[k], ours[k], rtol=1e-5, atol=1e-6)
