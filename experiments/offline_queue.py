@@ -41,15 +41,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # CPU budgets: the papers train 1M-3M steps; these are what a 2-core CPU affords (the table says so).
 _CPU = ["steps=20000", "checkpoint_every=2000", "keep_every=0", "eval.episodes=10", "eval.n_envs=10"]
-_SEED000 = [  # (name, config, overrides); every entry runs for each seed
+_SEED000_OWN_CRITIC = [  # IDQL with its critic trained alongside the actor, at the actor's budget
     ("idql-ct", "idql", [*_CPU, "agent.actor=ct", "eval.sample_steps=[1,2,4]"]),
     ("idql-cd", "idql", [*_CPU, "agent.actor=cd", "agent.distill_steps=8000", "eval.sample_steps=[1,2,4]"]),
     ("idql-edm", "idql", [*_CPU, "agent.actor=edm", "eval.sample_steps=[1,2,4]"]),
     ("idql-ddpm", "idql", [*_CPU, "agent.actor=ddpm", "eval.sample_steps=null"]),
+]
+# (name, config, overrides); every entry runs for each seed. "{entry}" in an override stands for that entry's run
+# directory with the same seed, a run that must finish first (with its checkpoint).
+_SEED000 = [
+    *_SEED000_OWN_CRITIC,
     ("dql", "dql", [*_CPU, "eval.sample_steps=null"]),
     ("edp", "edp", [*_CPU, "eval.sample_steps=null"]),
     ("dbc", "dbc", [*_CPU, "eval.sample_steps=null"]),
     ("iql", "iql", [*_CPU, "eval.sample_steps=null"]),  # the non-diffusion baseline, at the same budget
+    # seed 000's own workflow (iql_training -> edm/cd/ct_training -> inference): one IQL critic trained first and
+    # shared, fixed, by the four actors. It gets 3x the actor's steps: at 20,000 the critic is what fails
+    # (results/critic-budget-hopper-medium.md), and an IQL update costs a fraction of a diffusion actor's.
+    ("iql-60k", "iql", [*_CPU, "steps=60000", "eval.sample_steps=null"]),
+    *[(f"{name}-iql60k", config, [*overrides, "agent.critic_path={iql-60k}"])
+      for name, config, overrides in _SEED000_OWN_CRITIC],
 ]
 # the seed-000 table on each generated dataset (CPU budgets)
 _KINDS = {env: ("medium", "medium-replay", "medium-expert") for env in ("halfcheetah", "hopper", "walker2d")}
@@ -68,11 +79,39 @@ PLANS["halfcheetah-medium-edp-ablation-cpu"] = [
 RECORDS = ROOT / "results" / "records"
 
 
-def run_dirs(plan: str, seeds) -> list[tuple[Path, str, list[str], int]]:
+_ENTRY_REF = re.compile(r"\{([\w.-]+)\}")
+
+
+def run_dir_of(plan: str, name: str, seed: int) -> Path:
+    return ROOT / "runs" / "experiments" / plan / f"{name}-seed{seed}"
+
+
+def needs(plan: str, overrides: list[str], seed: int) -> list[Path]:
+    """The run directories an entry's overrides refer to ("{entry}"): runs that must finish before it starts."""
+    names = {entry for entry, *_ in PLANS[plan]}
+    refs = [ref for o in overrides for ref in _ENTRY_REF.findall(o)]
+    unknown = sorted(set(refs) - names)
+    if unknown:
+        raise ValueError(f"plan {plan}: overrides {overrides} refer to {unknown}, which are not entries of the plan "
+                         f"(entries: {sorted(names)})")
+    return [run_dir_of(plan, ref, seed) for ref in refs]
+
+
+def resolved(overrides: list[str], plan: str, seed: int) -> list[str]:
+    """The overrides with each "{entry}" replaced by that run's directory (relative: records stay portable)."""
+    return [_ENTRY_REF.sub(lambda m: str(run_dir_of(plan, m.group(1), seed).relative_to(ROOT)), o) for o in overrides]
+
+
+def run_dirs(plan: str, seeds, only=None) -> list[tuple[Path, str, list[str], int]]:
+    """The plan's runs, seed by seed; with only (entry names), those and the runs they need."""
     out = []
     for seed in seeds:
         for name, config, overrides in PLANS[plan]:
-            out.append((ROOT / "runs" / "experiments" / plan / f"{name}-seed{seed}", config, overrides, seed))
+            out.append((run_dir_of(plan, name, seed), config, overrides, seed))
+    if only:
+        keep = {run_dir_of(plan, name, seed) for name in only for seed in seeds}
+        keep |= {dep for run_dir, _, overrides, seed in out if run_dir in keep for dep in needs(plan, overrides, seed)}
+        out = [e for e in out if e[0] in keep]
     return out
 
 
@@ -137,13 +176,32 @@ def make_dataset_if_free(plan: str, lock_dir: Path) -> bool | None:
     return True
 
 
-def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
-    """Train every unclaimed, unfinished run of the plan; returns the runs that failed here."""
+def trained(run_dir: Path) -> bool:
+    """Finished here, with its checkpoint (what a run that needs it loads), not only as a committed record."""
+    return (run_dir / "report.json").is_file() and (run_dir / "checkpoints" / "latest.ckpt").is_file()
+
+
+def run_plan(plan: str, entries, extra: list[str]) -> tuple[list[Path], int]:
+    """Train every unclaimed, unfinished run of the plan whose needed runs are trained; returns the runs that failed
+    here and how many wait on a needed run (another worker's, or one later in the list: come back)."""
     lock_dir = ROOT / "runs" / "experiments" / plan / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
-    failed = []
+    is_failed = lambda d: (lock_dir / f"{d.name}.failed").is_file()  # noqa: E731
+    # a needed run known only by its record (a fresh checkout) trains again: its dependents load its checkpoint
+    wanted = {dep for run_dir, _, overrides, seed in entries if not finished_run(run_dir, RECORDS)
+              for dep in needs(plan, overrides, seed)}
+    failed, waiting = [], 0
     for run_dir, config, overrides, seed in entries:
-        if finished_run(run_dir, RECORDS) or (lock_dir / f"{run_dir.name}.failed").is_file():
+        if is_failed(run_dir) or (finished_run(run_dir, RECORDS) and not (run_dir in wanted and not trained(run_dir))):
+            continue
+        deps = needs(plan, overrides, seed)
+        if any(is_failed(d) for d in deps):
+            print(f"skipping {run_dir}: a run it needs failed ({', '.join(d.name for d in deps if is_failed(d))})",
+                  flush=True)
+            failed.append(run_dir)
+            continue
+        if not all(trained(d) for d in deps):
+            waiting += 1
             continue
         lock = open(lock_dir / f"{run_dir.name}.lock", "w")
         try:
@@ -161,7 +219,7 @@ def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
                 cmd += ["--resume", str(run_dir)]
             else:
                 cmd += [config, "--run-dir", str(run_dir), f"dataset={DATASETS[plan]}", f"seed={seed}",
-                        *overrides, *extra]
+                        *resolved(overrides, plan, seed), *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd, cwd=ROOT)
             if rc < 0:  # killed by a signal (the machine or the user stopping jobs): resumable, not failed
@@ -171,12 +229,12 @@ def run_plan(plan: str, entries, extra: list[str]) -> list[Path]:
                 (lock_dir / f"{run_dir.name}.failed").write_text(" ".join(cmd) + "\n")
                 print(f"run failed: {run_dir} (marker {lock_dir / (run_dir.name + '.failed')})", flush=True)
                 failed.append(run_dir)
-    return failed
+    return failed, waiting
 
 
 def work(plans: list[str], entries: dict, extra: list[str]) -> int:
     """One worker: the plans in order, each run claimed by a lock; a plan whose dataset another worker is
-    making is revisited until every plan is done or impossible."""
+    making, or with runs waiting on a run they need, is revisited until every plan is done or impossible."""
     lock_dir = ROOT / "runs" / "experiments" / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     pending, failed = list(plans), []
@@ -185,12 +243,15 @@ def work(plans: list[str], entries: dict, extra: list[str]) -> int:
             ready = dataset_ready(plan) or make_dataset_if_free(plan, lock_dir)
             if ready is None:
                 continue
-            pending.remove(plan)
             if ready is False:
                 print(f"cannot make {DATASETS[plan]}: skipping plan {plan}", flush=True)
+                pending.remove(plan)
                 failed.append(plan)
                 continue
-            failed += run_plan(plan, entries[plan], extra)
+            failed_runs, waiting = run_plan(plan, entries[plan], extra)
+            failed += failed_runs
+            if not waiting:
+                pending.remove(plan)
         if pending:
             time.sleep(10)
     return 1 if failed else 0
@@ -308,8 +369,11 @@ def main() -> int:
     args = ap.parse_args()
     if args.workers < 1:
         ap.error("--workers must be >= 1")
-    entries = {plan: [e for e in run_dirs(plan, args.seeds) if not args.only or entry_name(e[0]) in args.only]
-               for plan in args.plan}
+    unknown = sorted(set(args.only or ()) - {name for plan in args.plan for name, *_ in PLANS[plan]})
+    if unknown:
+        ap.error(f"--only {' '.join(unknown)}: not entries of {' '.join(args.plan)} "
+                 f"(entries: {' '.join(name for name, *_ in PLANS[args.plan[0]])})")
+    entries = {plan: run_dirs(plan, args.seeds, args.only) for plan in args.plan}
     if args.summary:
         summary(args.plan, ROOT / "results" / "offline-summary.md")
         return 0

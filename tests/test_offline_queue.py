@@ -44,7 +44,7 @@ def test_records_survive_the_run_directories_and_finished_runs_are_skipped(queue
     assert [Path(d) for d in queue.finished_runs(entries)] == [queue.RECORDS / plan / "dbc-seed0",
                                                                queue.RECORDS / plan / "dbc-seed1"]
     monkeypatch.setattr(queue.subprocess, "call", lambda *a, **k: pytest.fail(f"retrained a finished run: {a}"))
-    assert queue.run_plan(plan, entries, []) == []
+    assert queue.run_plan(plan, entries, []) == ([], 0)
     out = queue.ROOT / "results" / f"{plan}.md"
     out.write_text("# stale\n" + NOTES_MARKER + "hand-written notes\n")
     queue.report(plan, entries, [0, 1])  # the table regenerates from the records alone; the notes stay
@@ -78,3 +78,64 @@ def test_summary_puts_the_plan_tables_side_by_side(queue):
     queue.summary([plan, "hopper-medium-cpu"], out)  # hopper-medium has no table: its column stays empty
     assert "| dbc | 5 | 42.0 ± 2.0 (n=2) | - |" in out.read_text()
     assert "| behaviour data | - | 40.0 | - |" in out.read_text()
+
+
+def fake_trainer(calls: list):
+    """subprocess.call stand-in: records the command and leaves a finished run (report + checkpoint)."""
+    def call(cmd, cwd=None):
+        calls.append(cmd)
+        run_dir = Path(cmd[cmd.index("--run-dir") + 1])
+        finish(run_dir, cmd[cmd.index("--run-dir") - 1], 0, 50.0)
+        return 0
+    return call
+
+
+def test_a_run_that_needs_another_waits_for_it_and_gets_its_directory(queue, monkeypatch):
+    plan = "hopper-medium-cpu"
+    entries = queue.run_dirs(plan, [0], only=["idql-ddpm-iql60k"])
+    assert [d.name for d, *_ in entries] == ["iql-60k-seed0", "idql-ddpm-iql60k-seed0"]  # --only adds what it needs
+    critic, actor = (d for d, *_ in entries)
+
+    import fcntl
+    lock_dir = queue.ROOT / "runs" / "experiments" / plan / ".locks"
+    lock_dir.mkdir(parents=True)
+    held = open(lock_dir / "iql-60k-seed0.lock", "w")  # another worker is training the critic
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    calls = []
+    monkeypatch.setattr(queue.subprocess, "call", fake_trainer(calls))
+    assert queue.run_plan(plan, entries, []) == ([], 1) and calls == []  # the actor waits, not fails
+    held.close()
+
+    assert queue.run_plan(plan, entries, []) == ([], 0)
+    assert [Path(c[c.index("--run-dir") + 1]) for c in calls] == [critic, actor]
+    assert "steps=60000" in calls[0]
+    assert "agent.critic_path=runs/experiments/hopper-medium-cpu/iql-60k-seed0" in calls[1]  # relative: portable
+
+
+def test_a_needed_run_known_only_by_its_record_trains_again_and_a_failed_one_stops_its_dependents(queue, monkeypatch):
+    plan = "hopper-medium-cpu"
+    entries = queue.run_dirs(plan, [0, 1], only=["idql-ct-iql60k"])
+    runs = {d.name: d for d, *_ in entries}
+    for name in ("iql-60k-seed0", "iql-60k-seed1"):  # a fresh checkout: the critics exist as records only
+        finish(runs[name], "iql", int(name[-1]), 80.0)
+        queue.keep_record(runs[name], queue.RECORDS)
+        for f in sorted(runs[name].rglob("*"), reverse=True):
+            f.unlink() if f.is_file() else f.rmdir()
+    finish(runs["idql-ct-iql60k-seed1"], "idql", 1, 70.0)  # seed 1's actor is done: its critic is not retrained
+    lock_dir = queue.ROOT / "runs" / "experiments" / plan / ".locks"
+    calls = []
+    monkeypatch.setattr(queue.subprocess, "call", fake_trainer(calls))
+    assert queue.run_plan(plan, entries, []) == ([], 0)
+    assert [Path(c[c.index("--run-dir") + 1]).name for c in calls] == ["iql-60k-seed0", "idql-ct-iql60k-seed0"]
+
+    calls.clear()
+    entries = queue.run_dirs(plan, [2], only=["idql-ct-iql60k"])
+    (lock_dir / "iql-60k-seed2.failed").write_text("cmd\n")
+    failed, waiting = queue.run_plan(plan, entries, [])
+    assert [d.name for d in failed] == ["idql-ct-iql60k-seed2"] and waiting == 0 and calls == []
+
+
+def test_an_entry_may_only_refer_to_entries_of_its_plan(queue, monkeypatch):
+    monkeypatch.setitem(queue.PLANS, "hopper-medium-cpu", [("a", "idql", ["agent.critic_path={nope}"])])
+    with pytest.raises(ValueError, match=r"refer to \['nope'\], which are not entries of the plan"):
+        queue.needs("hopper-medium-cpu", ["agent.critic_path={nope}"], 0)
