@@ -27,9 +27,11 @@ AGENTS = [  # (label, config, overrides, sample-step settings for the latency ta
     ("IDQL-EDM", "idql", ["agent.actor=edm"], [1, 2, 4, 20]),
     ("IDQL-CT", "idql", ["agent.actor=ct"], [1, 2, 4]),
     ("IDQL-CD (distilling)", "idql", ["agent.actor=cd", "agent.distill_steps=1", "steps=2"], [1, 2, 4]),
+    ("IDQL-DDPM fixed critic", "idql", ["agent.actor=ddpm"], []),  # agent.critic_path: the actor's update only
     ("DQL", "dql", [], [None]),
     ("EDP", "edp", [], [None]),
     ("DBC", "dbc", [], [None]),
+    ("IQL", "iql", [], [None]),
 ]
 
 
@@ -95,6 +97,8 @@ def main() -> None:
             precision, compiled = VARIANTS[variant]
             cfg = load_config(config, [*overrides, f"precision={precision}"])
             agent = build_agent(cfg, OBS, ACT, device)
+            if "fixed critic" in label:
+                agent.train_critic = False  # what a pretrained critic (agent.critic_path) leaves to train
             if compiled:
                 compile_agent(agent)
             batch = batch_of(cfg.batch_size, device)
@@ -108,7 +112,7 @@ def main() -> None:
                 agent.sample_steps = k
             nfe = agent.nfe() if hasattr(agent, "nfe") else None
             cand = getattr(agent, "num_candidates", 1)
-            latency_rows.append((label, agent.sample_steps, nfe, cand, act_ms(agent)))
+            latency_rows.append((label, getattr(agent, "sample_steps", "-"), nfe, cand, act_ms(agent)))
     print(f"\n{'agent':<22}{'steps':>6}{'NFE':>5}{'candidates':>11}{'ms/action':>11}")
     for label, steps, nfe, cand, ms in latency_rows:
         print(f"{label:<22}{steps!s:>6}{nfe!s:>5}{cand:>11}{ms:>11.2f}")
