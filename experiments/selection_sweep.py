@@ -1,0 +1,127 @@
+"""How IDQL's action selection should be set, over training seeds: score trained IDQL runs at several
+softmax(w (Q - V)) temperatures, with greedy selection, and with the actor alone (one candidate, no critic).
+
+    python experiments/selection_sweep.py RUN [RUN ...] [--weight-temperatures 50 10 3] [--greedy] [--alone]
+        [--episodes 10] [--out results/selection-X.md]
+
+Selection happens at act time only, so each setting re-scores the same trained actor and critic: the runs (one per
+training seed, the same plan entry) need no retraining. Each cell is the mean ± SE over the runs of their mean
+normalized score; the runs' own setting (their config's temperature) is marked. Scores go to
+RUN/eval/selection/<setting>/ per run, and the table (with the per-run scores) to --out and its .json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from cleandiffuser.runner import load_agent
+from cleandiffuser.runner.offline import evaluate_agent
+from cleandiffuser.runner.rundir import write_results_page
+
+
+def settings(temperatures, greedy: bool, alone: bool) -> list[tuple[str, dict]]:
+    """(label, agent attributes) per setting: softmax at each temperature, then greedy, then the actor alone."""
+    out = [(f"softmax, w = {w:g}", {"selection": "softmax", "weight_temperature": float(w)}) for w in temperatures]
+    if greedy:
+        out.append(("greedy (argmax Q - V)", {"selection": "greedy"}))
+    if alone:
+        out.append(("the actor alone (1 candidate)", {"num_candidates": 1}))
+    return out
+
+
+def score_setting(agent, attributes: dict, score) -> dict:
+    """score(agent) with the setting's attributes on the agent, put back afterwards."""
+    before = {k: getattr(agent, k) for k in attributes}
+    for k, v in attributes.items():
+        setattr(agent, k, v)
+    try:
+        return score(agent)
+    finally:
+        for k, v in before.items():
+            setattr(agent, k, v)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
+    return mean, se
+
+
+def sweep(runs, setting_list, score_run) -> list[dict]:
+    """One row per setting: each run's score (score_run(run, label, attributes) -> mean normalized score) and their
+    mean ± SE over runs."""
+    rows = []
+    for label, attributes in setting_list:
+        scores = [score_run(run, label, attributes) for run in runs]
+        mean, se = mean_se(scores)
+        rows.append({"setting": label, "attributes": attributes, "scores": scores, "mean": mean, "se": se})
+    return rows
+
+
+def format_rows(rows, own_temperature: float, names: list[str]) -> str:
+    lines = ["| selection | mean ± SE | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
+    for r in rows:
+        own = r["attributes"].get("weight_temperature") == own_temperature and "selection" in r["attributes"]
+        label = r["setting"] + (" (the runs' own)" if own else "")
+        lines.append(f"| {label} | {r['mean']:.1f} ± {r['se']:.1f} | " + " | ".join(f"{s:.1f}" for s in r["scores"])
+                     + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", type=Path, nargs="+", help="IDQL run directories (one per training seed)")
+    ap.add_argument("--weight-temperatures", type=float, nargs="+", default=None,
+                    help="softmax temperatures to score (default: the runs' own)")
+    ap.add_argument("--greedy", action="store_true", help="also score greedy selection")
+    ap.add_argument("--alone", action="store_true", help="also score the actor alone (one candidate, no critic)")
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--out", type=Path, default=None, help="markdown table (default: print only)")
+    args = ap.parse_args()
+
+    loaded = [load_agent(run, device="cpu") for run in args.runs]
+    for run, path in zip(loaded, args.runs):
+        if run.cfg.algo != "idql":
+            raise SystemExit(f"{path} is an {run.cfg.algo!r} run, not an idql one")
+    datasets = {str(r.cfg.dataset) for r in loaded}
+    if len(datasets) > 1:
+        raise SystemExit(f"the runs were trained on different datasets: {sorted(datasets)}")
+    own = {float(r.cfg.agent.weight_temperature) for r in loaded}
+    temperatures = args.weight_temperatures or sorted(own)
+
+    def score_run(run, label, attributes) -> float:
+        cfg = run.cfg
+        cfg.eval.episodes = args.episodes
+        cfg.eval.sample_steps = [None]
+        tag = label.split(" (")[0].replace(" ", "").replace(",", "-").replace("=", "")
+        out = run.path.parent.parent / "eval" / "selection" / tag
+        row = score_setting(run.agent, attributes, lambda agent: evaluate_agent(
+            agent, run.normalizer, cfg, run.env_id, out, measure_latency=False, say=lambda *_: None)[0])
+        print(f"{run.path.parent.parent.name}: {label}: {row['score_mean']:.1f} ± {row['score_se']:.1f}", flush=True)
+        return float(row["score_mean"])
+
+    rows = sweep(loaded, settings(temperatures, args.greedy, args.alone), score_run)
+    names = [p.name for p in args.runs]
+    cfg = loaded[0].cfg
+    head = (f"IDQL runs: {', '.join(f'`{p}`' for p in args.runs)} (actor {cfg.agent.actor}, {loaded[0].step:,} steps, "
+            f"{cfg.agent.num_candidates} candidates, critic "
+            f"{'fixed, from ' + str(cfg.agent.critic_path) if cfg.agent.get('critic_path') else 'trained alongside'}"
+            f"), dataset {cfg.dataset}. Normalized score, {args.episodes} episodes per run and setting (eval seeds "
+            f"{list(cfg.eval.seeds)}); mean ± SE over the {len(loaded)} runs, then each run's mean.")
+    table = format_rows(rows, next(iter(own)) if len(own) == 1 else math.nan, names)
+    print("\n" + table)
+    if args.out is not None:
+        command = (f"python experiments/selection_sweep.py {' '.join(map(str, args.runs))}"
+                   + (f" --weight-temperatures {' '.join(f'{w:g}' for w in temperatures)}"
+                      if args.weight_temperatures else "")
+                   + (" --greedy" if args.greedy else "") + (" --alone" if args.alone else "")
+                   + f" --episodes {args.episodes} --out {args.out}")
+        write_results_page(args.out, f"# IDQL selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
+        args.out.with_suffix(".json").write_text(json.dumps({"runs": names, "rows": rows}, indent=1, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""experiments/selection_sweep.py re-scores trained IDQL runs at other selection settings: each setting is applied
+to the agent only while it is scored, and the table is the mean ± SE over runs."""
+import importlib.util
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def sweep():
+    path = Path(__file__).resolve().parents[1] / "experiments" / "selection_sweep.py"
+    spec = importlib.util.spec_from_file_location("selection_sweep", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_each_setting_is_applied_while_scored_and_put_back(sweep):
+    agent = SimpleNamespace(selection="softmax", weight_temperature=50.0, num_candidates=256)
+    seen = []
+    record = lambda a: seen.append((a.selection, a.weight_temperature, a.num_candidates)) or 1.0  # noqa: E731
+    for _, attributes in sweep.settings([50, 3], greedy=True, alone=True):
+        sweep.score_setting(agent, attributes, record)
+        assert (agent.selection, agent.weight_temperature, agent.num_candidates) == ("softmax", 50.0, 256)
+    assert seen == [("softmax", 50.0, 256), ("softmax", 3.0, 256), ("greedy", 50.0, 256), ("softmax", 50.0, 1)]
+
+    def fail(a):
+        raise RuntimeError("episode crashed")
+    with pytest.raises(RuntimeError):
+        sweep.score_setting(agent, {"weight_temperature": 3.0}, fail)
+    assert agent.weight_temperature == 50.0  # put back even when scoring fails
+
+
+def test_rows_are_mean_and_standard_error_over_runs_and_mark_the_runs_own_setting(sweep):
+    scores = {("a", 50.0): 20.0, ("b", 50.0): 30.0, ("c", 50.0): 40.0, ("a", 3.0): 80.0, ("b", 3.0): 80.0,
+              ("c", 3.0): 80.0}
+    rows = sweep.sweep(["a", "b", "c"], sweep.settings([50, 3], greedy=False, alone=False),
+                       lambda run, label, attrs: scores[(run, attrs["weight_temperature"])])
+    assert [(r["mean"], round(r["se"], 4)) for r in rows] == [(30.0, 5.7735), (80.0, 0.0)]
+    table = sweep.format_rows(rows, 50.0, ["a", "b", "c"])
+    assert "| softmax, w = 50 (the runs' own) | 30.0 ± 5.8 | 20.0 | 30.0 | 40.0 |" in table
+    assert "| softmax, w = 3 | 80.0 ± 0.0 | 80.0 | 80.0 | 80.0 |" in table
