@@ -43,6 +43,22 @@ def score_setting(agent, attributes: dict, score) -> dict:
             setattr(agent, k, v)
 
 
+def reported_score(run, attributes: dict, episodes: int) -> float | None:
+    """The run's own end-of-training score (report.json) when the setting is the run's own and the evaluation the
+    same (episodes, the actor's default sample steps): no need to score it again."""
+    agent, cfg = run.agent, run.cfg
+    if any(getattr(agent, k) != v for k, v in attributes.items()) or "selection" not in attributes:
+        return None
+    report = run.path.parent.parent / "report.json"
+    try:
+        rows = json.loads(report.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return None
+    n = episodes * len(cfg.eval.seeds)
+    same = [r for r in rows if r.get("sample_steps") == agent.sample_steps and r.get("episodes") == n]
+    return float(same[0]["score_mean"]) if same else None
+
+
 def mean_se(values: list[float]) -> tuple[float, float]:
     n = len(values)
     mean = sum(values) / n
@@ -94,6 +110,10 @@ def main() -> None:
 
     def score_run(run, label, attributes) -> float:
         cfg = run.cfg
+        reported = reported_score(run, attributes, args.episodes)
+        if reported is not None:
+            print(f"{run.path.parent.parent.name}: {label}: {reported:.1f} (its report.json)", flush=True)
+            return reported
         cfg.eval.episodes = args.episodes
         cfg.eval.sample_steps = [None]
         tag = label.split(" (")[0].replace(" ", "").replace(",", "-").replace("=", "")

@@ -41,3 +41,17 @@ def test_rows_are_mean_and_standard_error_over_runs_and_mark_the_runs_own_settin
     table = sweep.format_rows(rows, 50.0, ["a", "b", "c"])
     assert "| softmax, w = 50 (the runs' own) | 30.0 ± 5.8 | 20.0 | 30.0 | 40.0 |" in table
     assert "| softmax, w = 3 | 80.0 ± 0.0 | 80.0 | 80.0 | 80.0 |" in table
+
+
+def test_the_runs_own_setting_is_read_from_its_report_not_scored_again(sweep, tmp_path):
+    import json
+    (tmp_path / "report.json").write_text(json.dumps({"rows": [
+        {"sample_steps": 5, "episodes": 10, "score_mean": 42.0}, {"sample_steps": 2, "episodes": 10, "score_mean": 7.0}]}))
+    agent = SimpleNamespace(selection="softmax", weight_temperature=50.0, num_candidates=256, sample_steps=5)
+    run = SimpleNamespace(agent=agent, cfg=SimpleNamespace(eval=SimpleNamespace(seeds=[0])),
+                          path=tmp_path / "checkpoints" / "latest.ckpt")
+    own, other, alone = (a for _, a in sweep.settings([50, 3], greedy=False, alone=True))
+    assert sweep.reported_score(run, own, episodes=10) == 42.0
+    assert sweep.reported_score(run, own, episodes=20) is None  # another evaluation: scored again
+    assert sweep.reported_score(run, other, episodes=10) is None
+    assert sweep.reported_score(run, alone, episodes=10) is None
