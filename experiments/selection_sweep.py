@@ -2,7 +2,7 @@
 softmax(w (Q - V)) temperatures, with greedy selection, and with the actor alone (one candidate, no critic).
 
     python experiments/selection_sweep.py RUN [RUN ...] [--weight-temperatures 50 10 3] [--greedy] [--alone]
-        [--episodes 10] [--out results/selection-X.md]
+        [--sample-steps K] [--episodes 10] [--out results/selection-X.md]
 
 Selection happens at act time only, so each setting re-scores the same trained actor and critic: the runs (one per
 training seed, the same plan entry) need no retraining. Each cell is the mean ± SE over the runs of their mean
@@ -43,9 +43,9 @@ def score_setting(agent, attributes: dict, score) -> dict:
             setattr(agent, k, v)
 
 
-def reported_score(run, attributes: dict, episodes: int) -> float | None:
+def reported_score(run, attributes: dict, episodes: int, sample_steps: int | None = None) -> float | None:
     """The run's own end-of-training score (report.json) when the setting is the run's own and the evaluation the
-    same (episodes, the actor's default sample steps): no need to score it again."""
+    same (episodes, sample steps: None is the actor's default): no need to score it again."""
     agent, cfg = run.agent, run.cfg
     if any(getattr(agent, k) != v for k, v in attributes.items()) or "selection" not in attributes:
         return None
@@ -55,7 +55,8 @@ def reported_score(run, attributes: dict, episodes: int) -> float | None:
     except (OSError, ValueError, KeyError):
         return None
     n = episodes * len(cfg.eval.seeds)
-    same = [r for r in rows if r.get("sample_steps") == agent.sample_steps and r.get("episodes") == n]
+    steps = agent.sample_steps if sample_steps is None else sample_steps
+    same = [r for r in rows if r.get("sample_steps") == steps and r.get("episodes") == n]
     return float(same[0]["score_mean"]) if same else None
 
 
@@ -95,6 +96,7 @@ def main() -> None:
     ap.add_argument("--greedy", action="store_true", help="also score greedy selection")
     ap.add_argument("--alone", action="store_true", help="also score the actor alone (one candidate, no critic)")
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--sample-steps", type=int, default=None, help="the actor's sample steps (default: its own)")
     ap.add_argument("--out", type=Path, default=None, help="markdown table (default: print only)")
     args = ap.parse_args()
 
@@ -110,12 +112,12 @@ def main() -> None:
 
     def score_run(run, label, attributes) -> float:
         cfg = run.cfg
-        reported = reported_score(run, attributes, args.episodes)
+        reported = reported_score(run, attributes, args.episodes, args.sample_steps)
         if reported is not None:
             print(f"{run.path.parent.parent.name}: {label}: {reported:.1f} (its report.json)", flush=True)
             return reported
         cfg.eval.episodes = args.episodes
-        cfg.eval.sample_steps = [None]
+        cfg.eval.sample_steps = [args.sample_steps]
         tag = label.split(" (")[0].replace(" ", "").replace(",", "-").replace("=", "")
         out = run.path.parent.parent / "eval" / "selection" / tag
         row = score_setting(run.agent, attributes, lambda agent: evaluate_agent(
@@ -126,10 +128,13 @@ def main() -> None:
     rows = sweep(loaded, settings(temperatures, args.greedy, args.alone), score_run)
     names = [p.name for p in args.runs]
     cfg = loaded[0].cfg
-    head = (f"IDQL runs: {', '.join(f'`{p}`' for p in args.runs)} (actor {cfg.agent.actor}, {loaded[0].step:,} steps, "
+    steps = args.sample_steps or loaded[0].agent.sample_steps
+    head = (f"IDQL runs: {', '.join(f'`{p}`' for p in args.runs)} (actor {cfg.agent.actor} sampled in {steps} steps, "
+            f"{loaded[0].step:,} training steps, "
             f"{cfg.agent.num_candidates} candidates, critic "
-            f"{'fixed, from ' + str(cfg.agent.critic_path) if cfg.agent.get('critic_path') else 'trained alongside'}"
-            f"), dataset {cfg.dataset}. Normalized score, {args.episodes} episodes per run and setting (eval seeds "
+            + (f"fixed, from {', '.join(sorted({f'`{r.cfg.agent.critic_path}`' for r in loaded}))}"
+               if cfg.agent.get("critic_path") else "trained alongside the actor")
+            + f"), dataset {cfg.dataset}. Normalized score, {args.episodes} episodes per run and setting (eval seeds "
             f"{list(cfg.eval.seeds)}); mean ± SE over the {len(loaded)} runs, then each run's mean.")
     table = format_rows(rows, next(iter(own)) if len(own) == 1 else math.nan, names)
     print("\n" + table)
@@ -138,6 +143,7 @@ def main() -> None:
                    + (f" --weight-temperatures {' '.join(f'{w:g}' for w in temperatures)}"
                       if args.weight_temperatures else "")
                    + (" --greedy" if args.greedy else "") + (" --alone" if args.alone else "")
+                   + (f" --sample-steps {args.sample_steps}" if args.sample_steps else "")
                    + f" --episodes {args.episodes} --out {args.out}")
         write_results_page(args.out, f"# IDQL selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
         args.out.with_suffix(".json").write_text(json.dumps({"runs": names, "rows": rows}, indent=1, default=float))

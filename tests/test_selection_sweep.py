@@ -55,3 +55,4 @@ def test_the_runs_own_setting_is_read_from_its_report_not_scored_again(sweep, tm
     assert sweep.reported_score(run, own, episodes=20) is None  # another evaluation: scored again
     assert sweep.reported_score(run, other, episodes=10) is None
     assert sweep.reported_score(run, alone, episodes=10) is None
+    assert sweep.reported_score(run, own, episodes=10, sample_steps=2) == 7.0  # --sample-steps 2: that row
