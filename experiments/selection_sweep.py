@@ -6,8 +6,10 @@ softmax(w (Q - V)) temperatures, with greedy selection, and with the actor alone
 
 Selection happens at act time only, so each setting re-scores the same trained actor and critic: the runs (one per
 training seed, the same plan entry) need no retraining. Each cell is the mean ± SE over the runs of their mean
-normalized score; the runs' own setting (their config's temperature) is marked. Scores go to
-RUN/eval/selection/<setting>/ per run, and the table (with the per-run scores) to --out and its .json.
+normalized score; the runs' own setting (their config's temperature) is marked, and read from their report.json
+when the evaluation is the same. Each score is kept in RUN/eval/selection/<setting>/score.json and reused by a later
+sweep with the same evaluation, so a sweep can be run a few runs at a time, or resumed; the table (with the per-run
+scores) goes to --out and its .json.
 """
 from __future__ import annotations
 
@@ -58,6 +60,15 @@ def reported_score(run, attributes: dict, episodes: int, sample_steps: int | Non
     steps = agent.sample_steps if sample_steps is None else sample_steps
     same = [r for r in rows if r.get("sample_steps") == steps and r.get("episodes") == n]
     return float(same[0]["score_mean"]) if same else None
+
+
+def cached_row(path: Path, key: dict) -> dict | None:
+    """The row scored before under the same evaluation (key: episodes, eval seeds, the checkpoint's step)."""
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return saved["row"] if all(saved.get(k) == v for k, v in key.items()) else None
 
 
 def mean_se(values: list[float]) -> tuple[float, float]:
@@ -119,9 +130,14 @@ def main() -> None:
         cfg.eval.episodes = args.episodes
         cfg.eval.sample_steps = [args.sample_steps]
         tag = label.split(" (")[0].replace(" ", "").replace(",", "-").replace("=", "")
-        out = run.path.parent.parent / "eval" / "selection" / tag
-        row = score_setting(run.agent, attributes, lambda agent: evaluate_agent(
-            agent, run.normalizer, cfg, run.env_id, out, measure_latency=False, say=lambda *_: None)[0])
+        out = run.path.parent.parent / "eval" / "selection" / f"{tag}-steps{args.sample_steps or 'default'}"
+        key = {"episodes": args.episodes, "eval_seeds": list(cfg.eval.seeds), "step": run.step}
+        row = cached_row(out / "score.json", key)
+        if row is None:  # scored once per run, setting and evaluation: an interrupted sweep resumes where it was
+            row = score_setting(run.agent, attributes, lambda agent: evaluate_agent(
+                agent, run.normalizer, cfg, run.env_id, out, measure_latency=False, say=lambda *_: None)[0])
+            out.mkdir(parents=True, exist_ok=True)
+            (out / "score.json").write_text(json.dumps({**key, "row": row}, default=float))
         print(f"{run.path.parent.parent.name}: {label}: {row['score_mean']:.1f} ± {row['score_se']:.1f}", flush=True)
         return float(row["score_mean"])
 

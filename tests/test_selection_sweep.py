@@ -56,3 +56,13 @@ def test_the_runs_own_setting_is_read_from_its_report_not_scored_again(sweep, tm
     assert sweep.reported_score(run, other, episodes=10) is None
     assert sweep.reported_score(run, alone, episodes=10) is None
     assert sweep.reported_score(run, own, episodes=10, sample_steps=2) == 7.0  # --sample-steps 2: that row
+
+
+def test_a_score_is_reused_only_under_the_same_evaluation(sweep, tmp_path):
+    import json
+    key = {"episodes": 10, "eval_seeds": [0], "step": 20000}
+    (tmp_path / "score.json").write_text(json.dumps({**key, "row": {"score_mean": 61.0}}))
+    assert sweep.cached_row(tmp_path / "score.json", key) == {"score_mean": 61.0}
+    assert sweep.cached_row(tmp_path / "score.json", {**key, "episodes": 20}) is None
+    assert sweep.cached_row(tmp_path / "score.json", {**key, "step": 30000}) is None  # the run trained on
+    assert sweep.cached_row(tmp_path / "missing.json", key) is None
