@@ -190,9 +190,10 @@ def run_plan(plan: str, entries, extra: list[str]) -> tuple[list[Path], int]:
     # a needed run known only by its record (a fresh checkout) trains again: its dependents load its checkpoint
     wanted = {dep for run_dir, _, overrides, seed in entries if not finished_run(run_dir, RECORDS)
               for dep in needs(plan, overrides, seed)}
+    done = lambda d: finished_run(d, RECORDS) is not None and (d not in wanted or trained(d))  # noqa: E731
     failed, waiting = [], 0
     for run_dir, config, overrides, seed in entries:
-        if is_failed(run_dir) or (finished_run(run_dir, RECORDS) and not (run_dir in wanted and not trained(run_dir))):
+        if is_failed(run_dir) or done(run_dir):
             continue
         deps = needs(plan, overrides, seed)
         if any(is_failed(d) for d in deps):
@@ -210,10 +211,10 @@ def run_plan(plan: str, entries, extra: list[str]) -> tuple[list[Path], int]:
             lock.close()
             continue
         with lock:
-            if (run_dir / "report.json").is_file():  # finished while we waited for the lock
+            if done(run_dir):  # finished while we waited for the lock
                 continue
             if run_dir.is_dir() and not (run_dir / "checkpoints" / "latest.ckpt").is_file():
-                shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to resume
+                shutil.rmtree(run_dir)  # stopped before its first checkpoint (or it was deleted): nothing to resume
             cmd = [sys.executable, "-m", "cleandiffuser.cli", "train", "--no-progress"]
             if (run_dir / "checkpoints" / "latest.ckpt").is_file():
                 cmd += ["--resume", str(run_dir)]
@@ -346,9 +347,10 @@ def summary(plans: list[str], out: Path) -> None:
     out.write_text("# Offline RL: the seed-000 table on the generated datasets\n\n"
                    f"Command: `python experiments/offline_queue.py --plan {' '.join(plans)} --summary` (it reads the "
                    "per-plan tables results/<plan>.md that `--report` writes). Normalized score, mean ± SE over "
-                   "training seeds (n), 10 episodes per seed, 20,000 gradient steps per run (iql-60k: 60,000; the "
-                   "*-iql60k IDQL actors: 20,000 with that run's critic, fixed: seed 000's workflow), CPU-sized budgets "
-                   "(the papers train 1M-3M). Per-plan tables with wall times and devices: results/<plan>.md.\n\n"
+                   "training seeds (n), 10 episodes per seed, 20,000 gradient steps per run (iql-60k: "
+                   "60,000; the *-iql60k IDQL actors: 20,000 with that run's critic, fixed: seed 000's workflow), "
+                   "CPU-sized budgets (the papers train 1M-3M). Per-plan tables with wall times and devices: "
+                   "results/<plan>.md.\n\n"
                    + "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"\nwritten: {out}")

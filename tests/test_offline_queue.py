@@ -139,3 +139,15 @@ def test_an_entry_may_only_refer_to_entries_of_its_plan(queue, monkeypatch):
     monkeypatch.setitem(queue.PLANS, "hopper-medium-cpu", [("a", "idql", ["agent.critic_path={nope}"])])
     with pytest.raises(ValueError, match=r"refer to \['nope'\], which are not entries of the plan"):
         queue.needs("hopper-medium-cpu", ["agent.critic_path={nope}"], 0)
+
+
+def test_a_needed_run_whose_checkpoint_was_deleted_trains_again(queue, monkeypatch):
+    plan = "hopper-medium-cpu"
+    entries = queue.run_dirs(plan, [0], only=["idql-edm-iql60k"])
+    critic = entries[0][0]
+    finish(critic, "iql", 0, 90.0)
+    (critic / "checkpoints" / "latest.ckpt").unlink()  # a report but nothing to load: it must not wait forever
+    calls = []
+    monkeypatch.setattr(queue.subprocess, "call", fake_trainer(calls))
+    assert queue.run_plan(plan, entries, []) == ([], 0)
+    assert [Path(c[c.index("--run-dir") + 1]).name for c in calls] == ["iql-60k-seed0", "idql-edm-iql60k-seed0"]

@@ -46,7 +46,8 @@ def test_rows_are_mean_and_standard_error_over_runs_and_mark_the_runs_own_settin
 def test_the_runs_own_setting_is_read_from_its_report_not_scored_again(sweep, tmp_path):
     import json
     (tmp_path / "report.json").write_text(json.dumps({"rows": [
-        {"sample_steps": 5, "episodes": 10, "score_mean": 42.0}, {"sample_steps": 2, "episodes": 10, "score_mean": 7.0}]}))
+        {"sample_steps": 5, "episodes": 10, "score_mean": 42.0},
+        {"sample_steps": 2, "episodes": 10, "score_mean": 7.0}]}))
     agent = SimpleNamespace(selection="softmax", weight_temperature=50.0, num_candidates=256, sample_steps=5)
     run = SimpleNamespace(agent=agent, cfg=SimpleNamespace(eval=SimpleNamespace(seeds=[0])),
                           path=tmp_path / "checkpoints" / "latest.ckpt")
