@@ -18,8 +18,10 @@ import json
 import math
 from pathlib import Path
 
+from cleandiffuser.env.evaluation import mean_se
 from cleandiffuser.runner import load_agent
 from cleandiffuser.runner.offline import evaluate_agent
+from cleandiffuser.runner.report import _pm as plus_minus
 from cleandiffuser.runner.rundir import write_results_page
 
 
@@ -71,13 +73,6 @@ def cached_row(path: Path, key: dict) -> dict | None:
     return saved["row"] if all(saved.get(k) == v for k, v in key.items()) else None
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    n = len(values)
-    mean = sum(values) / n
-    se = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1) / n) if n > 1 else 0.0
-    return mean, se
-
-
 def sweep(runs, setting_list, score_run) -> list[dict]:
     """One row per setting: each run's score (score_run(run, label, attributes) -> mean normalized score) and their
     mean ± SE over runs."""
@@ -94,7 +89,7 @@ def format_rows(rows, own_temperature: float, names: list[str]) -> str:
     for r in rows:
         own = r["attributes"].get("weight_temperature") == own_temperature and "selection" in r["attributes"]
         label = r["setting"] + (" (the runs' own)" if own else "")
-        lines.append(f"| {label} | {r['mean']:.1f} ± {r['se']:.1f} | " + " | ".join(f"{s:.1f}" for s in r["scores"])
+        lines.append(f"| {label} | {plus_minus(r['mean'], r['se'])} | " + " | ".join(f"{s:.1f}" for s in r["scores"])
                      + " |")
     return "\n".join(lines)
 
