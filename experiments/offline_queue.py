@@ -61,6 +61,10 @@ _SEED000 = [
     ("iql-60k", "iql", [*_CPU, "steps=60000", "eval.sample_steps=null"]),
     *[(f"{name}-iql60k", config, [*overrides, "agent.critic_path={iql-60k}"])
       for name, config, overrides in _SEED000_OWN_CRITIC],
+    # ... and cd_training as the tutorial does it: all 20,000 updates distill idql-edm-iql60k's trained EDM
+    # (idql-cd-iql60k trains its own EDM for 12,000 updates, then distills it for 8,000)
+    ("idql-cd-from-edm-iql60k", "idql", [*_CPU, "agent.actor=cd", "eval.sample_steps=[1,2,4]",
+                                         "agent.critic_path={iql-60k}", "agent.teacher_path={idql-edm-iql60k}"]),
 ]
 # the seed-000 table on each generated dataset (CPU budgets)
 _KINDS = {env: ("medium", "medium-replay", "medium-expert") for env in ("halfcheetah", "hopper", "walker2d")}

@@ -94,6 +94,8 @@ def test_a_run_that_needs_another_waits_for_it_and_gets_its_directory(queue, mon
     plan = "hopper-medium-cpu"
     entries = queue.run_dirs(plan, [0], only=["idql-ddpm-iql60k"])
     assert [d.name for d, *_ in entries] == ["iql-60k-seed0", "idql-ddpm-iql60k-seed0"]  # --only adds what it needs
+    chain = queue.run_dirs(plan, [0], only=["idql-cd-from-edm-iql60k"])  # and what those need, in order
+    assert [d.name for d, *_ in chain] == ["iql-60k-seed0", "idql-edm-iql60k-seed0", "idql-cd-from-edm-iql60k-seed0"]
     critic, actor = (d for d, *_ in entries)
 
     import fcntl

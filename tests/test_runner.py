@@ -222,6 +222,48 @@ def test_idql_reuses_a_critic_pretrained_by_an_iql_run(tiny_dataset, tmp_path, c
     assert "nowhere" in capsys.readouterr().err
 
 
+def test_idql_cd_distills_the_edm_of_another_run(tiny_dataset, tmp_path):
+    """Seed 000's edm_training -> cd_training: `agent.teacher_path` makes every update distill that run's EDM,
+    which stays fixed as the teacher; the student starts as the teacher; resume is exact without the source."""
+    quiet = dict(progress=False, log=lambda *_: None)
+    base = [f"dataset={tiny_dataset}", "log_every=1", "checkpoint_every=0", "eval.episodes=0", *TINY]
+    train(load_config("idql", [*base, "steps=30", "agent.actor=edm"]), run_dir=tmp_path / "edm", **quiet)
+    edm = load_agent(tmp_path / "edm").agent.actor
+    cfg = load_config("idql", [*base, "steps=20", "agent.actor=cd", f"agent.teacher_path={tmp_path / 'edm'}"])
+    train(cfg, run_dir=tmp_path / "cd0", progress=False, log=lambda *_: None, stop_at=1)
+    first = load_agent(tmp_path / "cd0").agent
+    assert type(first.actor).__name__ == "ContinuousConsistencyModel" and first.teacher is not None
+    for name, v in edm.model_ema.state_dict().items():  # the teacher is the EDM's EMA, the student started there
+        assert torch.equal(first.teacher.model_ema.state_dict()[name], v), name
+
+    train(cfg, run_dir=tmp_path / "cd", **quiet)
+    train(cfg, run_dir=tmp_path / "split", stop_at=12, **quiet)
+    (tmp_path / "edm" / "checkpoints" / "latest.ckpt").unlink()  # the run's own checkpoints hold the teacher now
+    train(cfg.copy(), run_dir=tmp_path / "split", resume=True, **quiet)
+    losses = [float(r["actor_loss"]) for r in read_log(tmp_path / "cd")]
+    assert losses == [float(r["actor_loss"]) for r in read_log(tmp_path / "split")]
+    assert len(losses) == 20 and all(np.isfinite(losses))
+    run = load_agent(tmp_path / "cd")
+    assert run.agent.solver == "consistency" and run.step == 20
+    teacher = run.agent.teacher.model_ema.state_dict()
+    assert all(torch.equal(teacher[k], v) for k, v in edm.model_ema.state_dict().items())  # never trained
+
+    with pytest.raises(ValueError, match="agent.actor='ct' has no teacher"):
+        train(load_config("idql", [*base, "steps=2", f"agent.teacher_path={tmp_path / 'cd'}"]),
+              run_dir=tmp_path / "x", **quiet)
+    with pytest.raises(ValueError, match="leave agent.distill_steps null"):
+        train(load_config("idql", [*base, "steps=2", "agent.actor=cd", "agent.distill_steps=1",
+                                   f"agent.teacher_path={tmp_path / 'cd'}"]), run_dir=tmp_path / "y", **quiet)
+    with pytest.raises(ConfigError, match="holds no trained EDM actor"):  # a CD run's actor is the student
+        train(load_config("idql", [*base, "steps=2", "agent.actor=cd", f"agent.teacher_path={tmp_path / 'cd'}"]),
+              run_dir=tmp_path / "z", **quiet)
+    wide = [*base, "steps=2", "agent.actor=cd", "agent.actor_params.hidden_dim=64"]
+    train(load_config("idql", [*base, "steps=2", "agent.actor=edm"]), run_dir=tmp_path / "edm2", **quiet)
+    with pytest.raises(ConfigError, match="agent.actor_params"):
+        train(load_config("idql", [*wide, f"agent.teacher_path={tmp_path / 'edm2'}"]), run_dir=tmp_path / "w",
+              **quiet)
+
+
 @pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc"])
 def test_every_builtin_config_builds_its_agent(name):
     from cleandiffuser.runner.offline import build_agent

@@ -142,7 +142,9 @@ class IDQLAgent(Agent):
                     device: str | torch.device = "cpu") -> IDQLAgent:
         """Build from the `agent` section of configs/idql.yaml; `steps` is the run's update count
         (a "cd" actor is an EDM for the first steps - distill_steps, then distilled). With `critic_path`
-        set the critic is not trained: the run loads it from there (runner.offline.load_pretrained_critic)."""
+        set the critic is not trained: the run loads it from there (runner.offline.load_pretrained_critic).
+        With `teacher_path` (actor=cd) every update distills: the run first loads that run's trained EDM
+        into the actor (runner.offline.load_pretrained_teacher), the seed-000 edm_training -> cd_training."""
         cfg = dict(cfg)
         if cfg.pop("critic_path", None) is not None:
             cfg["train_critic"] = False
@@ -152,7 +154,15 @@ class IDQLAgent(Agent):
         critic = IQLCritic(obs_dim, act_dim, device=device, **cfg.pop("critic", {}))
         distill_steps = cfg.pop("distill_steps", None)
         distill_at = None
-        if kind == "cd":
+        if cfg.pop("teacher_path", None) is not None:
+            if kind != "cd":
+                raise ValueError(f"agent.teacher_path is the EDM that actor=cd distills; agent.actor={kind!r} "
+                                 "has no teacher")
+            if distill_steps is not None:
+                raise ValueError("with agent.teacher_path every update distills: leave agent.distill_steps null, "
+                                 f"got {distill_steps}")
+            distill_at, kind = 0, "edm"
+        elif kind == "cd":
             if distill_steps is None or not 0 < distill_steps < steps:
                 raise ValueError(f"agent.actor=cd needs 0 < agent.distill_steps < steps={steps}, "
                                  f"got {distill_steps}")
@@ -172,7 +182,9 @@ class IDQLAgent(Agent):
         edm = self.actor
         self.actor = make_idql_actor("cd", self.obs_dim, self.act_dim, teacher=edm, device=self.device,
                                      ema_rate=edm.ema_rate, lr=edm.optimizer.param_groups[0]["lr"],
-                                     distillation_N=self.distillation_N)
+                                     distillation_N=self.distillation_N, precision=edm.precision)
+        if edm.compiled:  # the student trains as the EDM did
+            self.actor.compile_network()
         self.teacher = edm
         self._set_sampling()
 

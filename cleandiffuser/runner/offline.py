@@ -42,8 +42,8 @@ from .config import ConfigError, apply_overrides, check_config
 from .distributed import init_distributed
 from .rundir import find_checkpoint, latest_checkpoint
 
-__all__ = ["train", "build_agent", "load_agent", "load_pretrained_critic", "evaluate_agent", "evaluate_run",
-           "resolve_device", "save_run_checkpoint", "LoadedRun", "find_checkpoint"]
+__all__ = ["train", "build_agent", "load_agent", "load_pretrained_critic", "load_pretrained_teacher", "evaluate_agent",
+           "evaluate_run", "resolve_device", "save_run_checkpoint", "LoadedRun", "find_checkpoint"]
 
 CHECKPOINT_FORMAT = "cleandiffuser-run/1"
 
@@ -188,27 +188,34 @@ def _saved_normalizer_state(tensors) -> dict[str, np.ndarray]:
     return {k.split("/", 1)[1]: v.numpy() for k, v in tensors.items() if k.startswith("normalizer/")}
 
 
-def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, cfg: DictConfig) -> int:
-    """Copy the IQL critic of another run (`agent.critic_path`: its directory or checkpoint) into agent.critic;
-    returns the step it was trained to. That run must have seen the same data as this one (the same observation
-    normalizer and reward scaling): otherwise the critic's inputs and values would mean something else."""
+def _pretrained_run(key: str, path, normalizer: GaussianNormalizer, cfg: DictConfig):
+    """(checkpoint, tensors, meta) of the run that `agent.<key>` points to (its directory or checkpoint). That
+    run must have seen the same data as this one (the same observation normalizer): otherwise the part taken
+    from it would read its inputs differently."""
     ckpt = find_checkpoint(path)
     tensors, meta = load_checkpoint(ckpt)
     if meta.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"agent.critic_path: {ckpt} is not a run checkpoint of `cleandiffuser train`")
-    source = meta.get("config", {})
-    entry = meta["agent"]["parts"].get("critic", {})
-    if entry.get("kind") != "component" or entry["meta"].get("class") != "IQLCritic":
-        raise ConfigError(f"agent.critic_path: {ckpt} (an {source.get('algo')!r} run) holds no IQL critic; "
-                          "pretrain one with `cleandiffuser train iql --dataset ...`")
+        raise ConfigError(f"agent.{key}: {ckpt} is not a run checkpoint of `cleandiffuser train`")
     theirs = _saved_normalizer_state(tensors)
     ours = normalizer.state_dict()
     same_data = set(theirs) == set(ours) and all(
         np.shape(theirs[k]) == np.shape(ours[k]) and np.allclose(theirs[k], ours[k], rtol=1e-5, atol=1e-6)
         for k in ours)
     if not same_data:
-        raise ConfigError(f"agent.critic_path: {ckpt} was trained on dataset {source.get('dataset')!r}, whose "
-                          f"observation statistics differ from this run's dataset {str(cfg.dataset)!r}")
+        raise ConfigError(f"agent.{key}: {ckpt} was trained on dataset {meta.get('config', {}).get('dataset')!r}, "
+                          f"whose observation statistics differ from this run's dataset {str(cfg.dataset)!r}")
+    return ckpt, tensors, meta
+
+
+def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, cfg: DictConfig) -> int:
+    """Copy the IQL critic of another run (`agent.critic_path`: its directory or checkpoint) into agent.critic;
+    returns the step it was trained to. That run must have seen the same data, with the same reward scaling."""
+    ckpt, tensors, meta = _pretrained_run("critic_path", path, normalizer, cfg)
+    source = meta.get("config", {})
+    entry = meta["agent"]["parts"].get("critic", {})
+    if entry.get("kind") != "component" or entry["meta"].get("class") != "IQLCritic":
+        raise ConfigError(f"agent.critic_path: {ckpt} (an {source.get('algo')!r} run) holds no IQL critic; "
+                          "pretrain one with `cleandiffuser train iql --dataset ...`")
     if bool(source.get("normalize_reward")) != bool(cfg.normalize_reward):
         raise ConfigError(f"agent.critic_path: {ckpt} was trained with normalize_reward="
                           f"{source.get('normalize_reward')}, this run has normalize_reward={cfg.normalize_reward}")
@@ -217,6 +224,26 @@ def load_pretrained_critic(agent: Agent, path, normalizer: GaussianNormalizer, c
                                            source=f"agent.critic_path {ckpt}")
     except ValueError as e:  # different critic settings: name the config keys
         raise ConfigError(f"{e} (set agent.critic.* to the pretrained run's values)") from e
+    return int(meta["step"])
+
+
+def load_pretrained_teacher(agent: Agent, path, normalizer: GaussianNormalizer, cfg: DictConfig) -> int:
+    """Copy the EDM actor of another run (`agent.teacher_path`: an `idql agent.actor=edm` run) into the actor
+    that an actor=cd agent distills from its first update; returns the step it was trained to."""
+    ckpt, tensors, meta = _pretrained_run("teacher_path", path, normalizer, cfg)
+    source = meta.get("config", {})
+    entry = meta["agent"]["parts"].get("actor", {})
+    if entry.get("kind") != "component" or entry["meta"].get("class") != "ContinuousEDM" or \
+            "teacher" in meta["agent"]["parts"]:
+        found = entry.get("meta", {}).get("class") if entry else None
+        raise ConfigError(f"agent.teacher_path: {ckpt} (an {source.get('algo')!r} run, actor {found}) holds no "
+                          "trained EDM actor; train one with `cleandiffuser train idql agent.actor=edm --dataset ...`")
+    try:
+        agent.actor.load_checkpoint_state(tensors, entry["meta"], prefix="agent/actor/", load_optimizer=False,
+                                          source=f"agent.teacher_path {ckpt}")
+    except (ValueError, RuntimeError) as e:  # another network size: torch's shape list, then the config keys
+        raise ConfigError(f"agent.teacher_path {ckpt}: its EDM does not fit this actor ({e}); set "
+                          "agent.actor_params.* to the pretrained run's values") from e
     return int(meta["step"])
 
 
@@ -343,6 +370,10 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     if critic_path is not None and not resume:  # on resume the run's checkpoint holds the critic
         critic_step = load_pretrained_critic(agent, critic_path, normalizer, cfg)
         say(f"critic: {critic_path} (trained {critic_step:,} steps), kept fixed")
+    teacher_path = cfg.agent.get("teacher_path")
+    if teacher_path is not None and not resume:  # on resume the run's checkpoint holds teacher and student
+        teacher_step = load_pretrained_teacher(agent, teacher_path, normalizer, cfg)
+        say(f"teacher: {teacher_path} (EDM trained {teacher_step:,} steps), distilled from the first update")
     if resume:
         tensors, meta = load_checkpoint(latest)
         seconds_before = float(meta.get("train_seconds", 0.0))
