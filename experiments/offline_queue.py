@@ -352,7 +352,8 @@ def summary(plans: list[str], out: Path) -> None:
                    f"Command: `python experiments/offline_queue.py --plan {' '.join(plans)} --summary` (it reads the "
                    "per-plan tables results/<plan>.md that `--report` writes). Normalized score, mean ± SE over "
                    "training seeds (n), 10 episodes per seed, 20,000 gradient steps per run (iql-60k: "
-                   "60,000; the *-iql60k IDQL actors: 20,000 with that run's critic, fixed: seed 000's workflow), "
+                   "60,000; the *-iql60k IDQL actors: 20,000 with that run's critic, fixed: seed 000's workflow; "
+                   "idql-cd-from-edm-iql60k distills idql-edm-iql60k's EDM for all 20,000), "
                    "CPU-sized budgets (the papers train 1M-3M). Per-plan tables with wall times and devices: "
                    "results/<plan>.md.\n\n"
                    + "\n".join(lines) + "\n")
