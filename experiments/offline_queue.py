@@ -281,6 +281,13 @@ def spawn_workers(args) -> int:
     return max(p.wait() for p in procs)
 
 
+def plan_seeds(plan: str, seeds) -> list[int]:
+    """seeds, and every seed the plan has a run directory or a record of."""
+    found = {int(m.group(1)) for base in (ROOT / "runs" / "experiments" / plan, RECORDS / plan) if base.is_dir()
+             for d in base.iterdir() if (m := re.fullmatch(r"[\w.-]+-seed(\d+)", d.name))}
+    return sorted(set(seeds) | found)
+
+
 def tabulated_runs(table: Path) -> list[str]:
     """The run names a results/<plan>.md lists in its wall-time line ('<name>-seed<k> <seconds> (<device>)')."""
     text = read_results_page(table)[0]
@@ -388,9 +395,10 @@ def main() -> int:
     rc = 0
     if not args.report:
         rc = spawn_workers(args) if args.workers > 1 else work(args.plan, entries, args.set)
-    if not args.worker:
+    if not args.worker:  # the table covers the whole plan, whatever part of it --only / --seeds ran
         for plan in args.plan:
-            report(plan, entries[plan], args.seeds)
+            seeds = plan_seeds(plan, args.seeds)
+            report(plan, run_dirs(plan, seeds), seeds)
     return rc
 
 

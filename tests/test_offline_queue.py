@@ -68,6 +68,18 @@ def test_a_table_is_not_rewritten_from_fewer_runs_than_it_lists(queue, capsys):
     assert "| dql |" in out.read_text() and (queue.RECORDS / plan / "dql-seed1" / "report.json").is_file()
 
 
+def test_the_table_covers_the_whole_plan_whatever_part_of_it_ran(queue, monkeypatch):
+    plan = "halfcheetah-medium-cpu"
+    for name, algo, seed, score in (("dbc", "dbc", 0, 40.0), ("dql", "dql", 1, 45.0), ("dql", "dql", 5, 47.0)):
+        finish(queue.run_dir_of(plan, name, seed), algo, seed, score)
+    monkeypatch.setattr(queue, "work", lambda *a: pytest.fail("--report trained"))
+    monkeypatch.setattr("sys.argv", ["offline_queue.py", "--plan", plan, "--only", "dbc", "--seeds", "0", "--report"])
+    assert queue.main() == 0
+    table = (queue.ROOT / "results" / f"{plan}.md").read_text()
+    assert "| dbc | halfcheetah-medium-cd-v0 | 5 | 20,000 | 1 |" in table
+    assert "| dql | halfcheetah-medium-cd-v0 | 5 | 20,000 | 2 | 20 | 46.0 ± 1.0 |" in table  # seeds 1 and 5 too
+
+
 def test_summary_puts_the_plan_tables_side_by_side(queue):
     plan = "halfcheetah-medium-cpu"
     entries = [e for e in queue.run_dirs(plan, [0, 1]) if queue.entry_name(e[0]) == "dbc"]
