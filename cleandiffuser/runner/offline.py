@@ -233,8 +233,7 @@ def load_pretrained_teacher(agent: Agent, path, normalizer: GaussianNormalizer, 
     ckpt, tensors, meta = _pretrained_run("teacher_path", path, normalizer, cfg)
     source = meta.get("config", {})
     entry = meta["agent"]["parts"].get("actor", {})
-    if entry.get("kind") != "component" or entry["meta"].get("class") != "ContinuousEDM" or \
-            "teacher" in meta["agent"]["parts"]:
+    if entry.get("kind") != "component" or entry["meta"].get("class") != "ContinuousEDM":  # a CD run's is the student
         found = entry.get("meta", {}).get("class") if entry else None
         raise ConfigError(f"agent.teacher_path: {ckpt} (an {source.get('algo')!r} run, actor {found}) holds no "
                           "trained EDM actor; train one with `cleandiffuser train idql agent.actor=edm --dataset ...`")
