@@ -1,8 +1,9 @@
 """How IDQL's action selection should be set, over training seeds: score trained IDQL runs at several
-softmax(w (Q - V)) temperatures, with greedy selection, and with the actor alone (one candidate, no critic).
+softmax(w (Q - V)) temperatures, with greedy selection, with the IDQL paper's expectile resampling, and with the actor
+alone (one candidate, no critic).
 
-    python experiments/selection_sweep.py RUN [RUN ...] [--weight-temperatures 50 10 3] [--greedy] [--alone]
-        [--sample-steps K] [--episodes 10] [--out results/selection-X.md]
+    python experiments/selection_sweep.py RUN [RUN ...] [--weight-temperatures 50 10 3] [--greedy] [--expectile]
+        [--alone] [--sample-steps K] [--episodes 10] [--out results/selection-X.md]
 
 Selection happens at act time only, so each setting re-scores the same trained actor and critic: the runs (one per
 training seed, the same plan entry) need no retraining. Each cell is the mean ± SE over the runs of their mean
@@ -25,11 +26,14 @@ from cleandiffuser.runner.report import _pm as plus_minus
 from cleandiffuser.runner.rundir import write_results_page
 
 
-def settings(temperatures, greedy: bool, alone: bool) -> list[tuple[str, dict]]:
-    """(label, agent attributes) per setting: softmax at each temperature, then greedy, then the actor alone."""
+def settings(temperatures, greedy: bool, alone: bool, expectile: bool = False) -> list[tuple[str, dict]]:
+    """(label, agent attributes) per setting: softmax at each temperature, then greedy, then the IDQL paper's
+    expectile resampling, then the actor alone."""
     out = [(f"softmax, w = {w:g}", {"selection": "softmax", "weight_temperature": float(w)}) for w in temperatures]
     if greedy:
         out.append(("greedy (argmax Q - V)", {"selection": "greedy"}))
+    if expectile:
+        out.append(("expectile resampling (weights tau if A >= 0, else 1 - tau)", {"selection": "expectile"}))
     if alone:
         out.append(("the actor alone (1 candidate)", {"num_candidates": 1}))
     return out
@@ -100,6 +104,8 @@ def main() -> None:
     ap.add_argument("--weight-temperatures", type=float, nargs="+", default=None,
                     help="softmax temperatures to score (default: the runs' own)")
     ap.add_argument("--greedy", action="store_true", help="also score greedy selection")
+    ap.add_argument("--expectile", action="store_true",
+                    help="also score the IDQL paper's resampling (weights tau if A >= 0, else 1 - tau)")
     ap.add_argument("--alone", action="store_true", help="also score the actor alone (one candidate, no critic)")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--sample-steps", type=int, default=None, help="the actor's sample steps (default: its own)")
@@ -136,7 +142,7 @@ def main() -> None:
         print(f"{run.path.parent.parent.name}: {label}: {row['score_mean']:.1f} ± {row['score_se']:.1f}", flush=True)
         return float(row["score_mean"])
 
-    rows = sweep(loaded, settings(temperatures, args.greedy, args.alone), score_run)
+    rows = sweep(loaded, settings(temperatures, args.greedy, args.alone, args.expectile), score_run)
     names = [p.name for p in args.runs]
     cfg = loaded[0].cfg
     steps = args.sample_steps or loaded[0].agent.sample_steps
@@ -153,7 +159,8 @@ def main() -> None:
         command = (f"python experiments/selection_sweep.py {' '.join(map(str, args.runs))}"
                    + (f" --weight-temperatures {' '.join(f'{w:g}' for w in temperatures)}"
                       if args.weight_temperatures else "")
-                   + (" --greedy" if args.greedy else "") + (" --alone" if args.alone else "")
+                   + (" --greedy" if args.greedy else "") + (" --expectile" if args.expectile else "")
+                   + (" --alone" if args.alone else "")
                    + (f" --sample-steps {args.sample_steps}" if args.sample_steps else "")
                    + f" --episodes {args.episodes} --out {args.out}")
         write_results_page(args.out, f"# IDQL selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")

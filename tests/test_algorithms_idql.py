@@ -254,12 +254,12 @@ def test_bc_actor_samples_both_modes_and_idql_picks_the_rewarded_one(kind, bc_st
     assert ((bc.abs() - 0.5).abs() < 0.2).float().mean() > near_mode
     assert 0.35 < (bc > 0).float().mean() < 0.65  # both modes, about half each, whatever s is
     assert (torch.sign(bc[:, 0]) == torch.sign(s[:, 0])).float().mean() < 0.65  # BC alone ignores reward
-    for selection in ("softmax", "greedy"):
+    for selection, better_than in (("softmax", 0.9), ("greedy", 0.9), ("expectile", 0.6)):
         agent = IDQLAgent(actor, critic, num_candidates=16, selection=selection, sample_steps=act_steps)
         a = agent.act(s[:300])
         assert a.shape == (300, 1)
         right = (torch.sign(a[:, 0]) == torch.sign(s[:300, 0])).float().mean()
-        assert right > 0.9, (kind, selection, right)
+        assert right > better_than, (kind, selection, right)  # expectile: weights 0.7 vs 0.3, a soft preference
 
 
 # ---------------------------------------------------------------------- act() mechanics
@@ -296,6 +296,21 @@ def test_act_samples_once_with_all_candidates_and_selects_per_observation():
     assert (soft.act(obs) - obs).abs().max() < 0.2 and len(calls) == 2
     flat = IDQLAgent(actor, FixedCritic(), num_candidates=64, weight_temperature=0.0)
     assert (flat.act(obs.repeat(50, 1)) - obs.repeat(50, 1)).abs().mean() > 0.2  # uniform: random picks
+
+
+def test_expectile_selection_resamples_with_the_idql_papers_weights():
+    """Weights tau for A >= 0 and 1 - tau for A < 0, whatever A's size (softmax would follow the size)."""
+    agent = IDQLAgent(make_idql_actor("ddpm", 1, 1, emb_dim=8, hidden_dim=8, n_blocks=1),
+                      IQLCritic(1, 1, 8, expectile=0.8), num_candidates=4, selection="expectile")
+    b = 20000
+    cand = torch.arange(4.0).view(1, 4, 1).expand(b, 4, 1)
+    adv = torch.tensor([[-5.0, -0.01, 0.01, 5.0]]).expand(b, 4)
+    agent.candidates = lambda obs: (cand, adv)
+    picked = agent.act(torch.zeros(b, 1), generator=torch.Generator().manual_seed(0))[:, 0]
+    freq = torch.stack([(picked == k).float().mean() for k in range(4)])
+    assert torch.allclose(freq, torch.tensor([0.1, 0.1, 0.4, 0.4]), atol=0.015), freq
+    with pytest.raises(ValueError, match="'expectile'"):
+        IDQLAgent(agent.actor, agent.critic, selection="weighted")
 
 
 def test_make_idql_actor_kinds():

@@ -20,10 +20,11 @@ def test_each_setting_is_applied_while_scored_and_put_back(sweep):
     agent = SimpleNamespace(selection="softmax", weight_temperature=50.0, num_candidates=256)
     seen = []
     record = lambda a: seen.append((a.selection, a.weight_temperature, a.num_candidates)) or 1.0  # noqa: E731
-    for _, attributes in sweep.settings([50, 3], greedy=True, alone=True):
+    for _, attributes in sweep.settings([50, 3], greedy=True, alone=True, expectile=True):
         sweep.score_setting(agent, attributes, record)
         assert (agent.selection, agent.weight_temperature, agent.num_candidates) == ("softmax", 50.0, 256)
-    assert seen == [("softmax", 50.0, 256), ("softmax", 3.0, 256), ("greedy", 50.0, 256), ("softmax", 50.0, 1)]
+    assert seen == [("softmax", 50.0, 256), ("softmax", 3.0, 256), ("greedy", 50.0, 256), ("expectile", 50.0, 256),
+                    ("softmax", 50.0, 1)]
 
     def fail(a):
         raise RuntimeError("episode crashed")

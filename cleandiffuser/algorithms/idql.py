@@ -28,6 +28,7 @@ from .iql import IQLCritic
 __all__ = ["ACTOR_KINDS", "IDQLAgent", "make_idql_actor"]
 
 ACTOR_KINDS = ("ddpm", "edm", "ct", "cd")
+SELECTIONS = ("softmax", "greedy", "expectile")
 
 # (solver, sample_steps) an actor built by make_idql_actor samples with unless told otherwise
 _DEFAULT_SAMPLING = {DiscreteDiffusionSDE: ("ddpm", None), ContinuousEDM: ("euler", 20),
@@ -97,8 +98,9 @@ class IDQLAgent(Agent):
         critic: an IQLCritic.
         num_candidates: actions drawn per observation in act().
         weight_temperature: inverse temperature of the softmax over advantages.
-        selection: "softmax" (sample a candidate with probability softmax(weight_temperature * A))
-            or "greedy" (the candidate with the largest A).
+        selection: "softmax" (sample a candidate with probability softmax(weight_temperature * A)),
+            "greedy" (the candidate with the largest A) or "expectile" (the IDQL paper's resampling: weights
+            |tau - 1(A < 0)|, tau the critic's expectile; weight_temperature unused).
         solver, sample_steps: the actor's sampler; None picks the actor family's default (DDPM: "ddpm"
             with diffusion_steps steps, EDM: Euler 20, consistency: 2 steps).
         temperature: scale of the actor's initial noise.
@@ -117,8 +119,8 @@ class IDQLAgent(Agent):
                  weight_temperature: float = 100.0, selection: str = "softmax", sample_steps: int | None = None,
                  solver: str | None = None, temperature: float = 1.0, distill_at: int | None = None,
                  distillation_N: int = 18, train_critic: bool = True):
-        if selection not in ("softmax", "greedy"):
-            raise ValueError(f"selection={selection!r} is not one of ('softmax', 'greedy')")
+        if selection not in SELECTIONS:
+            raise ValueError(f"selection={selection!r} is not one of {SELECTIONS}")
         if num_candidates < 1:
             raise ValueError(f"num_candidates must be >= 1, got {num_candidates}")
         if distill_at is not None and not isinstance(actor, ContinuousEDM):
@@ -249,12 +251,16 @@ class IDQLAgent(Agent):
     def act(self, obs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Actions (B, act_dim) for normalized observations obs (B, obs_dim): of the N `candidates` per
         observation, "greedy" keeps argmax_a A; "softmax" samples one with probabilities
-        softmax(weight_temperature * A) over its N candidates (torch.multinomial; `generator` makes this draw
-        reproducible)."""
+        softmax(weight_temperature * A) over its N candidates, "expectile" with weights tau (A >= 0) or
+        1 - tau (A < 0) (torch.multinomial; `generator` makes this draw reproducible)."""
         cand, adv = self.candidates(obs)
         if self.selection == "greedy":
             idx = adv.argmax(dim=1)
         else:
-            probs = torch.softmax(self.weight_temperature * adv, dim=1)
+            if self.selection == "softmax":
+                probs = torch.softmax(self.weight_temperature * adv, dim=1)
+            else:  # multinomial normalizes the weights
+                tau = self.critic.expectile
+                probs = torch.where(adv < 0, 1.0 - tau, tau)
             idx = torch.multinomial(probs, 1, generator=generator).squeeze(1)
         return cand[torch.arange(cand.shape[0], device=cand.device), idx]
