@@ -62,7 +62,9 @@ def build_agent(cfg: DictConfig, obs_dim: int, act_dim: int, device: torch.devic
     try:
         agent = agent_cls.from_config(obs_dim, act_dim, OmegaConf.to_container(cfg.agent, resolve=True),
                                       steps=int(cfg.steps), device=device)
-    except TypeError as e:  # an unexpected keyword: name it as a config key
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as e:  # an unexpected keyword or a bad value: name it as a config error
         raise ConfigError(f"agent section of the {cfg.algo} config: {e}") from e
     set_agent_precision(agent, cfg.precision)
     return agent
