@@ -304,6 +304,8 @@ def test_minari_default_root_and_unknown_id(tmp_path, monkeypatch):
     with pytest.raises(UnknownDatasetError) as exc:
         qlearning_dataset("nope-v0")
     assert "nope-v0" in str(exc.value) and "Minari" in str(exc.value)
+    with pytest.raises(UnknownDatasetError, match=r"no such file or Minari dataset: .*missing\.hdf5"):
+        qlearning_dataset(str(tmp_path / "missing.hdf5"))  # a path says it is missing, not that it is unknown
 
 
 def test_minari_dict_observations_and_episode_order(tmp_path):

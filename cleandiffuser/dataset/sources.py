@@ -109,8 +109,10 @@ def resolve_source(source: PathLike) -> tuple[str, Path]:
     if kind is not None:
         return kind, path
     names = registered_datasets()
+    looks_like_path = isinstance(key, str) and (os.sep in key or key.endswith((".hdf5", ".h5")))
     raise UnknownDatasetError(
-        f"unknown dataset source {key!r}. Registered dataset names: "
+        (f"no such file or Minari dataset: {key}. " if looks_like_path else f"unknown dataset source {key!r}. ") +
+        "Registered dataset names: "
         f"{', '.join(names) if names else '(none)'}. Accepted sources: a registered name; "
         f"a D4RL .hdf5/.h5 file path; a Minari dataset directory, its data/ directory or "
         f"main_data.hdf5; a Minari dataset id under {minari_datasets_root()} "
