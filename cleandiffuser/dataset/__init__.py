@@ -32,6 +32,7 @@ from .sources import (
     UnknownDatasetError,
     load_episodes,
     qlearning_dataset,
+    recorded_env_id,
     register_dataset,
     registered_datasets,
     resolve_source,
@@ -55,6 +56,7 @@ __all__ = [
     # sources / registry
     "qlearning_dataset",
     "load_episodes",
+    "recorded_env_id",
     "register_dataset",
     "unregister_dataset",
     "registered_datasets",

@@ -12,6 +12,7 @@ A *source* is one of:
 """
 from __future__ import annotations
 
+import json
 import os
 import threading
 from pathlib import Path
@@ -20,7 +21,13 @@ from typing import Any, Callable, Mapping, Union
 import h5py
 
 from .d4rl_format import episodes_from_arrays, qlearning_from_arrays, read_d4rl_hdf5, validate_d4rl_arrays
-from .minari_format import find_minari_dataset, minari_datasets_root, minari_episodes, minari_qlearning_dataset
+from .minari_format import (
+    METADATA_FILE,
+    find_minari_dataset,
+    minari_datasets_root,
+    minari_episodes,
+    minari_qlearning_dataset,
+)
 from .validation import DatasetFormatError
 
 __all__ = [
@@ -30,6 +37,7 @@ __all__ = [
     "resolve_source",
     "qlearning_dataset",
     "load_episodes",
+    "recorded_env_id",
     "UnknownDatasetError",
 ]
 
@@ -155,6 +163,37 @@ def load_episodes(source: Source) -> list[dict]:
     if kind == "minari":
         return minari_episodes(path)
     return episodes_from_arrays(read_d4rl_hdf5(path))
+
+
+def recorded_env_id(source: Source) -> str | None:
+    """The gymnasium id a source says its data came from, or None when it does not say: a Minari dataset's
+    ``eval_env_spec`` (else ``env_spec``) in its metadata.json, or ``metadata/env_id`` of a D4RL-format file (as
+    this library's generated files record it). D4RL's own files and in-memory arrays record none."""
+    if isinstance(source, Mapping):
+        return None
+    kind, path = resolve_source(source)
+    if kind == "minari":
+        meta_path = path.parent / METADATA_FILE
+        try:
+            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DatasetFormatError(meta_path, None, f"is not valid JSON ({e})") from None
+        for key in ("eval_env_spec", "env_spec"):
+            spec = meta.get(key) if isinstance(meta, dict) else None
+            if isinstance(spec, str):
+                try:
+                    spec = json.loads(spec)
+                except json.JSONDecodeError:
+                    raise DatasetFormatError(meta_path, key, "is not a JSON environment spec") from None
+            if isinstance(spec, dict) and isinstance(spec.get("id"), str):
+                return spec["id"]
+        return None
+    with h5py.File(path, "r") as f:
+        value = f.get("metadata/env_id")
+        if not isinstance(value, h5py.Dataset):
+            return None
+        value = value[()]
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 __all__ += ["DatasetFormatError"]

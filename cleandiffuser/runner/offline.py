@@ -35,6 +35,7 @@ from ..dataset import (
     GaussianNormalizer,
     TensorBatchSampler,
     qlearning_dataset,
+    recorded_env_id,
 )
 from ..diffusion.base import DiffusionModel
 from ..serialization import load_checkpoint, save_checkpoint
@@ -99,18 +100,31 @@ def ensure_generated_dataset(source, say=print) -> None:
         make_dataset(str(source), log=say)
 
 
+def check_eval_env(env_id: str | None, dataset) -> None:
+    """Before training, not after it: the evaluation environment must be known and registered in gymnasium."""
+    import gymnasium as gym
+
+    if env_id is None:
+        raise ConfigError(f"cannot tell which environment evaluates dataset {dataset!r}; set env=<gymnasium id> "
+                          "or eval.episodes=0")
+    try:
+        gym.spec(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(f"evaluation environment {env_id!r} (of dataset {dataset!r}) is not available here ({e}); "
+                          "set env=<gymnasium id> or eval.episodes=0") from None
+
+
 def load_training_data(cfg: DictConfig) -> tuple[D4RLMuJoCoTDDataset, str | None]:
     """The transition dataset and the gymnasium env id to evaluate on (None if unknown)."""
     from ..env import env_id_for
 
     data = qlearning_dataset(cfg.dataset)
     dataset = D4RLMuJoCoTDDataset(data, normalize_reward=bool(cfg.normalize_reward))
-    env = cfg.get("env") or None
-    if env is None:
-        try:
-            env = env_id_for(str(cfg.dataset))
-        except (KeyError, ValueError):
-            env = None
+    env = cfg.get("env") or recorded_env_id(cfg.dataset)  # e.g. a Minari dataset's env_spec
+    try:  # a family name (env=hopper, or the dataset's name) -> its gymnasium id; gymnasium ids pass through
+        env = env_id_for(str(env if env is not None else cfg.dataset))
+    except (KeyError, ValueError):
+        pass
     return dataset, env
 
 
@@ -357,9 +371,8 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     np.random.seed(int(cfg.seed))
     random.seed(int(cfg.seed))
     dataset, env_id = load_training_data(cfg)
-    if int(cfg.eval.episodes) > 0 and env_id is None:
-        raise ConfigError(f"cannot tell which environment evaluates dataset {cfg.dataset!r}; set env=<gymnasium id> "
-                          "or eval.episodes=0")
+    if int(cfg.eval.episodes) > 0:
+        check_eval_env(env_id, cfg.dataset)
     agent = build_agent(cfg, dataset.o_dim, dataset.a_dim, device)
     if cfg.get("compile", False):
         compile_agent(agent)
