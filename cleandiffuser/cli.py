@@ -155,16 +155,6 @@ def _report(args) -> int:
     return 0
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_run_commands(sub) -> None:
     from .runner import available_configs
     configs = ", ".join(available_configs())
@@ -186,13 +176,13 @@ def add_run_commands(sub) -> None:
     ev.add_argument("overrides", nargs="*", help="agent overrides, e.g. agent.num_candidates=64; imitation runs: "
                                                  "policy overrides, e.g. policy.noise_scheduler.bins=40 or "
                                                  "policy.chaining_times=[0,20,40]")
-    ev.add_argument("--sample-steps", type=_positive_int, nargs="+", help="actor sample steps to score (one row each); "
+    ev.add_argument("--sample-steps", type=int, nargs="+", help="actor sample steps to score (one row each); "
                                                                 "imitation runs: Heun bins (edm) or DDIM steps (ddim)")
-    ev.add_argument("--episodes", type=_positive_int, help="episodes per eval seed")
+    ev.add_argument("--episodes", type=int, help="episodes per eval seed")
     ev.add_argument("--chaining", action="store_true", help="imitation runs (ctm students): evaluate with "
                                                             "multistep chaining at policy.chaining_times")
     ev.add_argument("--seeds", type=int, nargs="+", help="evaluation seeds")
-    ev.add_argument("--n-envs", type=_positive_int, help="vectorized environments (imitation runs: environments stepped in "
+    ev.add_argument("--n-envs", type=int, help="vectorized environments (imitation runs: environments stepped in "
                                                "lockstep, one batched policy call per step)")
     ev.add_argument("--device", help="cpu, cuda, ...")
     ev.set_defaults(func=_eval)
@@ -223,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="one-step consistency models on a 2-D toy: train, sample, plot")
     demo.add_argument("--out", default="runs/demo", help="output directory (default: runs/demo)")
-    demo.add_argument("--steps", type=_positive_int, default=2000, help="EDM steps; CD gets half, CT twice (default: 2000)")
+    demo.add_argument("--steps", type=int, default=2000, help="EDM steps; CD gets half, CT twice (default: 2000)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
     from .datagen.cli import add_dataset_commands
