@@ -50,6 +50,7 @@ __all__ = [
     "resolve_minari_path",
     "read_minari_dataset",
     "minari_episodes",
+    "minari_env_id",
     "minari_qlearning_dataset",
     "write_minari_dataset",
 ]
@@ -196,6 +197,37 @@ def _read_episode(file: Path, f: h5py.File, name: str) -> dict:
     return ep
 
 
+def _read_metadata_json(main_file: Path) -> dict[str, Any]:
+    """The metadata.json beside ``main_data.hdf5`` ({} when absent)."""
+    meta_path = main_file.parent / METADATA_FILE
+    if not meta_path.is_file():
+        return {}
+    try:
+        metadata = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetFormatError(meta_path, None, f"is not valid JSON ({e})") from None
+    if not isinstance(metadata, dict):
+        raise DatasetFormatError(meta_path, None, "must hold a JSON object")
+    return metadata
+
+
+def minari_env_id(source) -> str | None:
+    """The gymnasium id in a Minari dataset's metadata: its ``eval_env_spec``, else ``env_spec`` (None if neither)."""
+    main_file = resolve_minari_path(source)
+    metadata = _read_metadata_json(main_file)
+    for key in ("eval_env_spec", "env_spec"):
+        spec = metadata.get(key)
+        if isinstance(spec, str):
+            try:
+                spec = json.loads(spec)
+            except json.JSONDecodeError:
+                raise DatasetFormatError(main_file.parent / METADATA_FILE, key,
+                                         "is not a JSON environment spec") from None
+        if isinstance(spec, dict) and isinstance(spec.get("id"), str):
+            return spec["id"]
+    return None
+
+
 def read_minari_dataset(source) -> dict:
     """Read and validate a Minari dataset (HDF5 opened read-only).
 
@@ -206,15 +238,7 @@ def read_minari_dataset(source) -> dict:
     bool, ``attrs`` and optionally ``infos``. Episodes are ordered by their number.
     """
     path = resolve_minari_path(source)
-    metadata: dict[str, Any] = {}
-    meta_path = path.parent / METADATA_FILE
-    if meta_path.is_file():
-        try:
-            metadata = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetFormatError(meta_path, None, f"is not valid JSON ({e})") from None
-        if not isinstance(metadata, dict):
-            raise DatasetFormatError(meta_path, None, "must hold a JSON object")
+    metadata = _read_metadata_json(path)
     try:
         f = h5py.File(path, "r")
     except OSError as e:

@@ -12,7 +12,6 @@ A *source* is one of:
 """
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -22,9 +21,9 @@ import h5py
 
 from .d4rl_format import episodes_from_arrays, qlearning_from_arrays, read_d4rl_hdf5, validate_d4rl_arrays
 from .minari_format import (
-    METADATA_FILE,
     find_minari_dataset,
     minari_datasets_root,
+    minari_env_id,
     minari_episodes,
     minari_qlearning_dataset,
 )
@@ -173,21 +172,7 @@ def recorded_env_id(source: Source) -> str | None:
         return None
     kind, path = resolve_source(source)
     if kind == "minari":
-        meta_path = path.parent / METADATA_FILE
-        try:
-            meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DatasetFormatError(meta_path, None, f"is not valid JSON ({e})") from None
-        for key in ("eval_env_spec", "env_spec"):
-            spec = meta.get(key) if isinstance(meta, dict) else None
-            if isinstance(spec, str):
-                try:
-                    spec = json.loads(spec)
-                except json.JSONDecodeError:
-                    raise DatasetFormatError(meta_path, key, "is not a JSON environment spec") from None
-            if isinstance(spec, dict) and isinstance(spec.get("id"), str):
-                return spec["id"]
-        return None
+        return minari_env_id(path)
     with h5py.File(path, "r") as f:
         value = f.get("metadata/env_id")
         if not isinstance(value, h5py.Dataset):
