@@ -130,18 +130,21 @@ def _eval(args) -> int:
     if is_imitation_target(args.path):  # an imitation run (config.yaml with a `policy` section) or policy checkpoint
         return eval_from_cli(args.path, overrides=args.overrides, episodes=args.episodes, seeds=args.seeds,
                              chaining=args.chaining, sample_steps=args.sample_steps, n_envs=args.n_envs,
-                             device=args.device)
+                             device=args.device, video=args.video)
     from .runner import ConfigError, evaluate_run, format_table
     if args.chaining:
         print("error: --chaining is for imitation runs (consistency policy students)", file=sys.stderr)
         return 2
     try:
         report = evaluate_run(args.path, sample_steps=args.sample_steps, episodes=args.episodes, seeds=args.seeds,
-                              n_envs=args.n_envs, device=args.device, overrides=args.overrides)
+                              n_envs=args.n_envs, device=args.device, overrides=args.overrides, video=args.video)
     except (ConfigError, FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n" + format_table(report))
+    for row in report["rows"] if args.video else ():
+        video = row.get("video") or "not rendered (see the warning above)"
+        print(f"video (sample_steps={row['sample_steps']}): {video}")
     return 0
 
 
@@ -185,6 +188,8 @@ def add_run_commands(sub) -> None:
     ev.add_argument("--n-envs", type=int, help="vectorized environments (imitation runs: environments stepped in "
                                                "lockstep, one batched policy call per step)")
     ev.add_argument("--device", help="cpu, cuda, ...")
+    ev.add_argument("--video", action="store_true", help="render the first episode of each row beside the report "
+                                                         "(.mp4 with the video extra, else .npz of frames)")
     ev.set_defaults(func=_eval)
 
     rep = sub.add_parser("report", help="aggregate finished runs (mean ± SE over training seeds)")

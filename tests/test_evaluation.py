@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -167,6 +168,8 @@ def test_async_matches_sync_and_checks_actions():
 
 
 def test_video_or_clear_warning(tmp_path):
+    from cleandiffuser.env.video import read_video
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         res = evaluate(lambda o: np.ones((len(o), 3)), "Hopper-v5", n_envs=2, n_episodes=2, seeds=(0,),
@@ -175,10 +178,9 @@ def test_video_or_clear_warning(tmp_path):
         assert any("video rendering failed" in str(w.message) for w in caught)
     else:
         assert not any("differs" in str(w.message) for w in caught)  # replay reproduced the episode
-        if res.video_path.endswith(".npz"):
-            frames = np.load(res.video_path)["frames"]
-            assert frames.shape == (res.lengths[0] + 1, 48, 64, 3) and frames.dtype == np.uint8
-            assert frames.std() > 0
+        frames = read_video(res.video_path)  # .mp4 with the video extra, else .npz
+        assert frames.shape == (res.lengths[0] + 1, 48, 64, 3) and frames.dtype == np.uint8
+        assert frames.std() > 0
     assert json.loads((tmp_path / "summary.json").read_text())["video"] == res.video_path
 
 
@@ -205,3 +207,20 @@ def test_broken_mujoco_renderer_gives_an_actionable_error(monkeypatch):
     monkeypatch.delenv("MUJOCO_GL")
     with pytest.raises(AttributeError):  # no backend chosen: the original error, unchanged
         require_mujoco()
+
+
+def test_write_video_mp4_or_npz_round_trip(tmp_path, monkeypatch):
+    from cleandiffuser.env.video import read_video, write_video
+
+    frames = np.zeros((5, 32, 48, 3), np.uint8)
+    frames[:, 8:24, :, 0] = np.linspace(0, 250, 5, dtype=np.uint8)[:, None, None]  # a band that brightens
+    path = write_video(frames, tmp_path / "a", fps=10)
+    back = read_video(path).astype(float)
+    assert back.shape == frames.shape
+    assert np.abs(back - frames).mean() < 3  # mp4 is lossy; npz exact
+    with pytest.raises(ValueError, match="frames must be"):
+        write_video(frames[0], tmp_path / "b", fps=10)
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # no mp4 writer: frames as .npz
+    path = write_video(frames, tmp_path / "c", fps=10)
+    assert path.suffix == ".npz" and np.array_equal(read_video(path), frames)
+    assert int(np.load(path)["fps"]) == 10

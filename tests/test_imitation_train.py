@@ -3,6 +3,7 @@ teacher -> student pipeline, get_policy on the results, clear errors for bad con
 eval RUN_DIR` on imitation runs; the Push-T configs with short real rollouts."""
 import csv
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from cleandiffuser.cli import main as cli_main
 from cleandiffuser.dataset import write_robomimic_hdf5
+from cleandiffuser.env.video import read_video
 from cleandiffuser.imitation import (
     PolicyWrapper,
     evaluate_run_imitation,
@@ -327,6 +329,15 @@ def test_pusht_configs_transformer_backbone_and_real_short_rollouts(tmp_path, ca
     assert json.loads((run / "eval" / "step_00000004" / "report.json").read_text())["n_envs"] == 2
     assert cli_main(["eval", str(run), "--episodes", "2", "--n-envs", "0", "--device", "cpu"]) == 2
     assert "n_envs" in capsys.readouterr().err
+    # --video: each row's first rollout (first seed) rendered beside the report
+    assert cli_main(["eval", str(run), "--episodes", "1", "--seeds", "3", "4", "--device", "cpu", "--video"]) == 0
+    assert "video (heun bins=3): " in capsys.readouterr().out
+    (row,) = json.loads((run / "eval" / "step_00000004" / "report.json").read_text())["rows"]
+    assert Path(row["video"]).parent == run / "eval" / "step_00000004" and "video" not in row["per_seed"][0]
+    frames = read_video(row["video"])
+    assert frames.shape == (6, 256, 256, 3)  # the start and 5 steps (task.rollout_horizon=5)
+    assert cli_main(["eval", str(run), "--episodes", "0", "--device", "cpu", "--video"]) == 2
+    assert "video needs rollouts" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="needs"):  # Push-T gives state / agent_pos observations only
         policy = get_policy(run, device="cpu")
         policy.obs_keys = ["keypoint"]

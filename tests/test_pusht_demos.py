@@ -121,3 +121,25 @@ def test_images_and_cli(tmp_path):
     assert 0 <= ep["img"].min() and ep["img"].max() <= 255 and ep["img"].std() > 1
     side = json.loads((tmp_path / "img.zarr.json").read_text())
     assert side["n_demos"] == 1 and side["demos"][0]["length"] == T
+
+
+def test_rollout_video_replays_the_first_episode(tmp_path):
+    """video= renders episode 0 (of the first seed's episodes), however many envs ran them."""
+    from cleandiffuser.env.video import read_video
+
+    res = ptd.evaluate_pusht(BatchPusher(2), 3, seed=5, max_steps=12, n_envs=2, batched=True, video=tmp_path / "v",
+                             video_size=96)
+    ep0, ep1 = res["episodes"][:2]
+    assert set(ep0) == {"success", "max_coverage", "final_coverage", "length", "reset_seed"}  # no recorded arrays
+    frames = read_video(res["video"])
+    assert frames.shape == (ep0["length"] + 1, 96, 96, 3) and frames.dtype == np.uint8
+    assert np.abs(frames[-1].astype(float) - frames[0]).mean() > 0.5  # the agent moved
+    env = ptd.make_env("state", visualization_width=96, visualization_height=96)
+
+    def start(reset_seed):
+        env.reset(seed=reset_seed)
+        return env.render().astype(float)
+
+    first, other = start(ep0["reset_seed"]), start(ep1["reset_seed"])
+    env.close()
+    assert np.abs(frames[0] - first).mean() < np.abs(frames[0] - other).mean()  # it shows episode 0

@@ -192,3 +192,34 @@ def test_rendering_env_hard_resets_keep_frames_right_and_memory_flat(lift_file):
     fresh_env.close()
     env.close()
     assert grown < 250, f"memory grew by {grown:.0f} MB over 6 resets"
+
+
+def test_rollout_video_shows_the_first_episode(lift_file):
+    """video= renders episode 0's simulator states offscreen (in a subprocess); without a GL backend the
+    evaluation still completes, with a warning."""
+    import warnings
+
+    from cleandiffuser.env.evaluation import episode_seed
+    from cleandiffuser.env.video import read_video
+
+    env_args = read_robomimic_hdf5(lift_file[0]).env_args
+    stem = lift_file[0].parent / "video"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        res = rd.evaluate_policy_robosuite(LoggingPolicy(2), env_args, n_episodes=2, seed=3, horizon=6, n_envs=2,
+                                           batched=True, obs_keys=["object", "robot0_eef_pos"], video=stem,
+                                           video_size=64)
+    if res["video"] is None:
+        assert any("video rendering failed" in str(w.message) for w in caught)
+        pytest.skip("offscreen rendering unavailable")
+    frames = read_video(res["video"]).astype(float)
+    assert frames.shape == (7, 64, 64, 3)  # the start and 6 steps
+    assert np.abs(frames[-1] - frames[0]).mean() > 0.5  # the arm moved
+    env = rd.make_env(env_args, seed=3, images=True)
+    starts = []
+    for i in (0, 1):
+        rd.reset_episode(env, episode_seed(3, i))
+        state = env.sim.get_state().flatten()
+        starts.append(rd.render_images_from_states(env, [state], ["agentview"], 64)["agentview_image"][0])
+    env.close()
+    assert np.abs(frames[0] - starts[0]).mean() < np.abs(frames[0] - starts[1]).mean()  # it shows episode 0

@@ -35,7 +35,7 @@ def read_log(run_dir):
         return list(csv.DictReader(f))
 
 
-def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_path, capsys):
+def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     rc = main(["train", "idql", "--dataset", tiny_dataset, "--run-dir", str(run), "--no-progress", "steps=200",
                "log_every=50", "checkpoint_every=100", "keep_every=100", "eval.sample_steps=[1,2]", *TINY])
@@ -62,6 +62,21 @@ def test_cli_train_writes_a_complete_run_and_eval_rescoring(tiny_dataset, tmp_pa
     assert "num_candidates" in capsys.readouterr().err
     assert main(["eval", str(run), "--sample-steps", "4", "agent.num_candidates=2", "--episodes", "1"]) == 0
     assert "| 4 |" in capsys.readouterr().out
+
+    # --video: each row's first episode rendered (here a stand-in renderer) into the row's steps_<K> folder
+    rendered = []
+
+    def fake_render(env_id, reset_seed, actions, path_stem, **kw):
+        rendered.append((env_id, len(actions)))
+        return str(path_stem) + ".npz", "fake"
+
+    monkeypatch.setattr("cleandiffuser.env.evaluation.render_replay", fake_render)
+    assert main(["eval", str(run), "--sample-steps", "1", "2", "--episodes", "1", "--video"]) == 0
+    assert "video (sample_steps=2): " in capsys.readouterr().out
+    rows = json.loads((run / "eval" / "step_00000200" / "report.json").read_text())["rows"]
+    assert [r["video"] for r in rows] == [str(run / "eval" / "step_00000200" / f"steps_{k}" / "video.npz")
+                                          for k in (1, 2)]
+    assert rendered == [("HalfCheetah-v5", 1000)] * 2  # the episode's actions, replayed by the renderer
 
     # `cleandiffuser report` aggregates finished runs into a table (one row per sample-step setting)
     assert main(["report", str(run), "--out", str(tmp_path / "table.md")]) == 0

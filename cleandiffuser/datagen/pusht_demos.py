@@ -539,6 +539,8 @@ def evaluate_pusht(
     n_envs: int = 1,
     batched: bool = False,
     verbose: bool = False,
+    video=None,
+    video_size: int = 256,
 ) -> dict:
     """Roll out ``policy_fn(obs (5,)) -> action (2,)`` (state observations) for ``n_episodes``
     episodes; episode ``i`` starts from ``env.reset(seed=reset_seeds(seed, n, stream=1)[i])``. An
@@ -555,7 +557,8 @@ def evaluate_pusht(
     ``max_coverage_se``, ``mean_max_reward`` / ``max_reward_se`` (reward = min(coverage / 0.95,
     1); the mean of its per-episode max is the score Diffusion Policy reports), ``mean_final_coverage``, ``mean_length``, ``n_episodes``,
     ``wall_time_s`` and ``episodes`` (per-episode ``reset_seed``, ``success``, ``max_coverage``,
-    ``final_coverage``, ``length``).
+    ``final_coverage``, ``length``). With ``video`` (a path without suffix), episode 0 is also rendered
+    (``video_size`` square frames, :func:`render_replay`) and ``video`` gives the file written.
     """
     from .lockstep import as_batch_policy, run_lockstep
 
@@ -573,9 +576,19 @@ def evaluate_pusht(
             print(f"episode {i}: success={ep['success']} max_coverage={ep['max_coverage']:.3f} "
                   f"length={ep['length']}", file=sys.stderr, flush=True)
 
-    episodes = run_lockstep(envs, n, lambda env, i: _Episode(env, seeds[i], max_steps), policy_fn, on_done=done)
+    record = video is not None and n > 0
+    if record:
+        _check_video_size(video_size)
+    episodes = run_lockstep(envs, n, lambda env, i: _Episode(env, seeds[i], max_steps, record=record and i == 0),
+                            policy_fn, on_done=done)
     for env in envs:
         env.close()
+    video_path = None
+    if record:  # episode 0 kept its actions: replay them (deterministic) in a rendering env
+        actions = episodes[0].pop("action")
+        for k in ("state", "keypoint", "n_contacts"):
+            episodes[0].pop(k)
+        video_path = str(render_replay(seeds[0], actions, video, size=video_size, max_steps=max_steps))
     s = np.array([e["success"] for e in episodes], dtype=float)
     mc = np.array([e["max_coverage"] for e in episodes], dtype=float)
     mr = np.clip(mc / SUCCESS_THRESHOLD, 0.0, 1.0)  # the env's reward; its max is DP's Push-T score
@@ -592,7 +605,33 @@ def evaluate_pusht(
         "n_episodes": n,
         "wall_time_s": time.time() - t0,
         "episodes": episodes,
+        **({"video": video_path} if record else {}),
     }
+
+
+def _check_video_size(size) -> None:
+    if int(size) < 96:  # gym-pusht draws its action marker int(size / 96) px thick: 0 fails in OpenCV
+        raise ValueError(f"Push-T video frames must be at least 96 px, got video_size={size}")
+
+
+def render_replay(reset_seed: int, actions, path_stem, size: int = 256, max_steps: int = MAX_STEPS) -> Path:
+    """Render the episode that ``actions`` made from ``env.reset(seed=reset_seed)`` (Push-T replays bit for bit)
+    as ``size`` x ``size`` frames, the start and one per step; written by
+    :func:`cleandiffuser.env.video.write_video` at the env's 10 fps. Returns the path."""
+    from ..env.video import write_video
+
+    _check_video_size(size)
+    env = make_env("state", max_steps=max_steps, visualization_width=int(size), visualization_height=int(size))
+    try:
+        env.reset(seed=int(reset_seed))
+        frames = [env.render()]
+        for a in np.asarray(actions, dtype=np.float32):
+            env.step(a)
+            frames.append(env.render())
+        fps = int(env.metadata.get("render_fps") or 10)
+    finally:
+        env.close()
+    return write_video(np.stack(frames), path_stem, fps)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

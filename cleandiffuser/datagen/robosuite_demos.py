@@ -50,9 +50,11 @@ import copy
 import gc
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -821,15 +823,20 @@ def reset_episode(env, seed: int) -> dict:
 
 
 class _Episode:
-    """One evaluation episode (``success`` = ``env._check_success()`` at any step, which ends it)."""
+    """One evaluation episode (``success`` = ``env._check_success()`` at any step, which ends it). With
+    ``record``, its MJCF and simulator states (the start and one per step) are kept, for a video."""
 
-    def __init__(self, env, seed: int, horizon: int, obs_keys: Sequence[str] | None):
+    def __init__(self, env, seed: int, horizon: int, obs_keys: Sequence[str] | None, record: bool = False):
         self.env, self.horizon, self.obs_keys = env, int(horizon), obs_keys
         self.obs = robomimic_obs(reset_episode(env, seed), obs_keys)
         self.ret, self.success, self.t = 0.0, False, 0
+        self.model_xml = env.sim.model.get_xml() if record else None
+        self.states = [env.sim.get_state().flatten()] if record else None
 
     def step(self, action) -> bool:
         raw, r, _, _ = self.env.step(np.asarray(action, dtype=np.float64).reshape(-1))
+        if self.states is not None:
+            self.states.append(self.env.sim.get_state().flatten())
         self.t += 1
         self.ret += float(r)
         self.success = bool(self.env._check_success())
@@ -856,6 +863,9 @@ def evaluate_policy_robosuite(
     n_envs: int = 1,
     batched: bool = False,
     verbose: bool = False,
+    video=None,
+    video_size: int = 256,
+    video_camera: str = "agentview",
 ) -> dict:
     """Roll out ``policy_fn(obs) -> action (7,)`` for ``n_episodes`` episodes.
 
@@ -876,7 +886,9 @@ def evaluate_policy_robosuite(
 
     Returns ``success_rate``, ``success_se`` (binomial standard error), ``n_episodes``,
     ``mean_length``, ``wall_time_s`` and ``episodes`` (per-episode ``success``, ``length``,
-    ``return``).
+    ``return``). With ``video`` (a path without suffix), episode 0's simulator states are rendered
+    from ``video_camera`` (:func:`render_states_video`) and ``video`` gives the file written (None
+    when offscreen rendering failed, with a warning).
     """
     from .lockstep import as_batch_policy, run_lockstep
 
@@ -896,11 +908,24 @@ def evaluate_policy_robosuite(
         if verbose:
             print(f"episode {i}: success={ep['success']} length={ep['length']}", file=sys.stderr, flush=True)
 
-    episodes = run_lockstep(envs, n, lambda e, i: _Episode(e, episode_seed(seed, i), horizon, obs_keys), policy_fn,
-                            on_done=done)
+    recorded: list[_Episode] = []
+
+    def start(e, i: int) -> _Episode:
+        ep = _Episode(e, episode_seed(seed, i), horizon, obs_keys, record=video is not None and i == 0)
+        if ep.states is not None:
+            recorded.append(ep)
+        return ep
+
+    episodes = run_lockstep(envs, n, start, policy_fn, on_done=done)
     if own:
         for e in envs:
             e.close()
+    video_path = None
+    if recorded:
+        ep = recorded[0]
+        control_freq = int(dict(env_args.get("env_kwargs") or {}).get("control_freq", 20))
+        video_path = render_states_video(env_args, np.asarray(ep.states), ep.model_xml, video, size=video_size,
+                                         camera=video_camera, fps=control_freq)
     s = np.array([e["success"] for e in episodes], dtype=float)
     n = max(len(s), 1)
     p = float(s.mean()) if len(s) else 0.0
@@ -911,7 +936,50 @@ def evaluate_policy_robosuite(
         "mean_length": float(np.mean([e["length"] for e in episodes])) if episodes else 0.0,
         "wall_time_s": time.time() - t0,
         "episodes": episodes,
+        **({"video": video_path} if video is not None else {}),
     }
+
+
+def render_states_video(env_args: Mapping[str, Any], states: np.ndarray, model_xml: str, path_stem, *,
+                        size: int = 256, camera: str = "agentview", fps: int = 20) -> str | None:
+    """Render simulator ``states`` of one episode (its MJCF ``model_xml``) from ``camera`` as ``size`` x ``size``
+    frames and write them (:func:`cleandiffuser.env.video.write_video`). Offscreen rendering runs in a
+    subprocess per MuJoCo GL backend (:func:`cleandiffuser.env.video.render_in_subprocess`), so a missing GL
+    library only costs the video. Returns the path, or None (with a warning) when no backend works."""
+    from ..env.video import render_in_subprocess
+
+    with tempfile.TemporaryDirectory() as tmp:
+        data = Path(tmp) / "episode.npz"
+        np.savez(data, states=np.asarray(states, dtype=np.float64), model_xml=np.array(model_xml))
+        job = {"env_args": json.loads(json.dumps(dict(env_args), default=_json_default)), "data": str(data),
+               "stem": str(path_stem), "size": int(size), "camera": str(camera), "fps": int(fps)}
+        info, _ = render_in_subprocess("cleandiffuser.datagen.robosuite_demos:_render_states_worker", job)
+    return None if info is None else info["path"]
+
+
+def _json_default(obj):
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
+
+
+def _render_states_worker() -> None:  # pragma: no cover - runs in a subprocess (render_states_video)
+    from ..env.video import write_video
+
+    job = json.loads(sys.argv[-1])
+    with np.load(job["data"]) as f:
+        states, model_xml = f["states"], str(f["model_xml"])
+    env = make_env(job["env_args"], images=True)  # an offscreen renderer
+    try:
+        reset_to(env, states[0], model_xml)
+        frames = render_images_from_states(env, states, [job["camera"]], job["size"])[f"{job['camera']}_image"]
+    finally:
+        env.close()
+    path = write_video(frames, job["stem"], job["fps"])
+    print(json.dumps({"path": str(path), "frames": len(frames)}))
+    sys.stdout.flush()
 
 
 # --------------------------------------------------------------------------- CLI

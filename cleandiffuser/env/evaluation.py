@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -415,56 +414,36 @@ def evaluate(
 
 
 # --------------------------------------------------------------------------- video
-def _gl_backends() -> list[str]:
-    user = os.environ.get("MUJOCO_GL", "").strip().lower()
-    return list(dict.fromkeys([b for b in (user, "egl", "osmesa") if b]))
-
-
 def render_replay(env_id: str, reset_seed: int, actions: np.ndarray, path_stem, *, max_episode_steps: int = 1000,
                   size: tuple[int, int] = (256, 256), env_kwargs: dict | None = None,
                   expected_return: float | None = None,
                   timeout: float = 900.0) -> tuple[str | None, str | None]:
     """Render an episode offscreen by replaying ``actions`` from ``env.reset(seed=reset_seed)``
     (MuJoCo is deterministic), in a subprocess per ``MUJOCO_GL`` backend so a missing GL
-    library cannot crash the caller. Writes ``<path_stem>.mp4`` (imageio + ffmpeg) or
-    ``<path_stem>.npz`` (``frames`` uint8 (T+1, H, W, 3), ``fps``). Returns ``(path, backend)``,
-    or ``(None, None)`` with a warning when no backend works."""
-    path_stem = Path(path_stem)
-    path_stem.parent.mkdir(parents=True, exist_ok=True)
-    errors = []
+    library cannot crash the caller. Writes ``<path_stem>.mp4`` or ``.npz``
+    (:func:`cleandiffuser.env.video.write_video`). Returns ``(path, backend)``, or ``(None, None)``
+    with a warning when no backend works."""
+    from .video import render_in_subprocess
+
     with tempfile.TemporaryDirectory() as tmp:
         act_file = Path(tmp) / "actions.npy"
         np.save(act_file, np.asarray(actions, dtype=np.float64))
-        job = json.dumps({"env_id": env_id, "reset_seed": int(reset_seed), "actions": str(act_file),
-                          "stem": str(path_stem), "max_episode_steps": int(max_episode_steps),
-                          "width": int(size[0]), "height": int(size[1]), "env_kwargs": env_kwargs or {}})
-        for backend in _gl_backends():
-            env = dict(os.environ, MUJOCO_GL=backend)
-            if backend in ("egl", "osmesa"):  # PyOpenGL must agree with MuJoCo's GL backend
-                env["PYOPENGL_PLATFORM"] = backend
-            cmd = [sys.executable, "-c", "from cleandiffuser.env.evaluation import _render_worker; _render_worker()", job]
-            try:
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                errors.append(f"{backend}: timed out after {timeout:.0f}s")
-                continue
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-            if proc.returncode == 0 and lines:
-                info = json.loads(lines[-1])
-                if expected_return is not None and not np.isclose(info["return"], expected_return, rtol=1e-6, atol=1e-6):
-                    warnings.warn(f"video replay return {info['return']:.3f} differs from the evaluated episode's "
-                                  f"{expected_return:.3f}; the video may not show the evaluated episode")
-                return info["path"], backend
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            errors.append(f"{backend}: {tail[:300]}")
-    warnings.warn("video rendering failed, continuing without video (MuJoCo offscreen rendering needs EGL or "
-                  "OSMesa; set MUJOCO_GL): " + "; ".join(errors))
-    return None, None
+        job = {"env_id": env_id, "reset_seed": int(reset_seed), "actions": str(act_file),
+               "stem": str(path_stem), "max_episode_steps": int(max_episode_steps),
+               "width": int(size[0]), "height": int(size[1]), "env_kwargs": env_kwargs or {}}
+        info, backend = render_in_subprocess("cleandiffuser.env.evaluation:_render_worker", job, timeout)
+    if info is None:
+        return None, None
+    if expected_return is not None and not np.isclose(info["return"], expected_return, rtol=1e-6, atol=1e-6):
+        warnings.warn(f"video replay return {info['return']:.3f} differs from the evaluated episode's "
+                      f"{expected_return:.3f}; the video may not show the evaluated episode")
+    return info["path"], backend
 
 
 def _render_worker() -> None:  # pragma: no cover - runs in a subprocess
     job = json.loads(sys.argv[-1])
     from cleandiffuser.env import make_env
+    from cleandiffuser.env.video import write_video
 
     env = make_env(job["env_id"], seed=None, max_episode_steps=job["max_episode_steps"], render_mode="rgb_array",
                    width=job["width"], height=job["height"], **job["env_kwargs"])
@@ -481,16 +460,6 @@ def _render_worker() -> None:  # pragma: no cover - runs in a subprocess
         fps = int(env.metadata.get("render_fps") or 30)
     finally:
         env.close()
-    frames = np.stack(frames).astype(np.uint8)
-    stem = Path(job["stem"])
-    try:
-        import imageio.v2 as imageio
-        import imageio_ffmpeg  # noqa: F401  (the mp4 writer's backend)
-
-        path = stem.with_suffix(".mp4")
-        imageio.mimwrite(path, list(frames), fps=fps, macro_block_size=1)
-    except ImportError:
-        path = stem.with_suffix(".npz")
-        np.savez_compressed(path, frames=frames, fps=fps)
-    print(json.dumps({"path": str(path), "return": total, "frames": int(len(frames)), "backend": os.environ.get("MUJOCO_GL")}))
+    path = write_video(np.stack(frames), job["stem"], fps)
+    print(json.dumps({"path": str(path), "return": total, "frames": len(frames)}))
     sys.stdout.flush()

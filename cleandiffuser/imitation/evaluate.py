@@ -1,7 +1,8 @@
 """Rollout evaluators of chunked-action policies, and `cleandiffuser eval RUN_DIR` for imitation runs.
 
-An *evaluator* is ``evaluate(policy, n_episodes, seed) -> {"success_rate", "success_se", "n_episodes", ...}``
-(Push-T's also gives ``mean_max_coverage`` / ``max_coverage_se``). The trainer uses one when
+An *evaluator* is ``evaluate(policy, n_episodes, seed, video=None) -> {"success_rate", "success_se",
+"n_episodes", ...}`` (Push-T's also gives ``mean_max_coverage`` / ``max_coverage_se``); with ``video`` (a path
+without suffix) it also renders episode 0 and gives the file as ``video``. The trainer uses one when
 ``training.online_rollouts=true``; which one follows ``task.env``:
 
 * ``robosuite`` - robomimic env_args (``task.env_args`` or the dataset file's), through
@@ -17,7 +18,9 @@ environments step in lockstep and a :class:`~cleandiffuser.imitation.wrapper.Bat
 the policy once per step on the observation histories of the envs whose chunk is used up; finished envs
 take the next pending episode. Episode ``i`` starts from its own seed, so for a deterministic policy the
 per-episode results do not depend on the number of envs (a sampling policy's noise draws do).
-The latency (``ms_per_chunk``) stays a batch-1 measurement.
+The latency (``ms_per_chunk``) stays a batch-1 measurement. ``cleandiffuser eval RUN_DIR --video`` renders
+the first rollout of each report row (robosuite: the agentview camera, offscreen in a subprocess; Push-T: the
+env's own drawing) to ``video-<setting>.mp4`` (``.npz`` of frames without imageio-ffmpeg) beside the report.
 
     report = evaluate_run_imitation("runs/imitation/ctmp_pusht", ["policy.chaining_times=[0,20,40]"],
                                     episodes=50, seeds=[0, 1], chaining="both")
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -53,7 +57,7 @@ __all__ = [
     "rollouts",
 ]
 
-Evaluator = Callable[[ChunkPolicy, int, int], dict]
+Evaluator = Callable[..., dict]  # (policy, n_episodes, seed, video=None) -> results
 
 #: environments stepped side by side in rollouts when training.eval_n_envs is not set
 DEFAULT_EVAL_N_ENVS = 10
@@ -89,11 +93,11 @@ def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int 
     except ImportError as e:
         raise ConfigError(f"robosuite rollouts need robosuite: {e}") from None
 
-    def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int) -> dict:
+    def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int, video=None) -> dict:
         wrapper = _batch_wrapper(policy, n_envs, n_episodes)
         return rd.evaluate_policy_robosuite(wrapper, env_args, n_episodes, seed, horizon=horizon,
                                             obs_keys=policy.obs_keys, images=bool(policy.rgb_keys),
-                                            n_envs=wrapper.n_envs, batched=True)
+                                            n_envs=wrapper.n_envs, batched=True, video=video)
     return evaluate
 
 
@@ -110,7 +114,7 @@ def pusht_evaluator(max_steps: int | None = None, n_envs: int = DEFAULT_EVAL_N_E
         raise ConfigError(f"Push-T rollouts need gym-pusht: {e}") from None
     steps = pd.MAX_STEPS if max_steps is None else int(max_steps)
 
-    def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int) -> dict:
+    def evaluate(policy: ChunkPolicy, n_episodes: int, seed: int, video=None) -> dict:
         unknown = [k for k in policy.obs_keys if k not in PUSHT_OBS_KEYS]
         if unknown:
             raise ConfigError(f"Push-T rollouts give the observation keys {list(PUSHT_OBS_KEYS)}; the policy "
@@ -121,7 +125,8 @@ def pusht_evaluator(max_steps: int | None = None, n_envs: int = DEFAULT_EVAL_N_E
             return wrapper([_pusht_obs(o, policy.obs_keys) for o in obs_list], slots)
 
         policy_fn.reset = wrapper.reset
-        return pd.evaluate_pusht(policy_fn, n_episodes, seed, max_steps=steps, n_envs=wrapper.n_envs, batched=True)
+        return pd.evaluate_pusht(policy_fn, n_episodes, seed, max_steps=steps, n_envs=wrapper.n_envs, batched=True,
+                                 video=video)
     return evaluate
 
 
@@ -183,17 +188,20 @@ def make_evaluator(cfg, env_args: Mapping | None = None, n_envs: int | None = No
                       "(task.env_args or a robomimic dataset that records them)")
 
 
-def rollouts(policy: ChunkPolicy, evaluate: Evaluator, n_episodes: int, seed: int) -> dict:
+def rollouts(policy: ChunkPolicy, evaluate: Evaluator, n_episodes: int, seed: int, video=None) -> dict:
     """`evaluate` in eval mode on forked RNG streams seeded by `seed`: success_rate, success_se,
-    episodes (and mean_max_coverage, max_coverage_se when the evaluator gives them)."""
+    episodes (and mean_max_coverage, max_coverage_se when the evaluator gives them; video, the file of
+    episode 0, when `video` names one)."""
     was_training = policy.training
     policy.eval()
     with fork_rng(policy.device):
         torch.manual_seed(seed)
-        res = evaluate(policy, n_episodes, seed)
+        res = evaluate(policy, n_episodes, seed, **({"video": video} if video is not None else {}))
     policy.train(was_training)
     out = {"success_rate": float(res["success_rate"]), "success_se": float(res["success_se"]),
            "episodes": int(res.get("n_episodes", n_episodes))}
+    if video is not None:
+        out["video"] = res.get("video")
     for k in ("mean_max_coverage", "max_coverage_se"):
         if k in res:
             out[k] = float(res[k])
@@ -258,7 +266,7 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
                            seeds: Sequence[int] | None = None, chaining: bool | str = False,
                            sample_steps: Sequence[int] | None = None, device: str | None = None,
                            latency_repeats: int | None = None, evaluate: Evaluator | None = None, out_dir=None,
-                           n_envs: int | None = None, say=print) -> dict:
+                           n_envs: int | None = None, video: bool = False, say=print) -> dict:
     """Score an imitation run directory (its checkpoints/latest.ckpt) or policy checkpoint again.
 
     The policy is loaded with `get_policy(path, overrides)` (e.g. ["policy.noise_scheduler.bins=40"],
@@ -271,8 +279,9 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
     else 20; 0 skips). Rollouts step `n_envs` environments in lockstep (default training.eval_n_envs,
     else 10; for a deterministic policy the results do not depend on it). `evaluate` replaces the
     environment's evaluator (see make_evaluator); episodes=0 scores latency only and needs no simulator.
-    Writes report.json and report.md to `out_dir` (default RUN_DIR/eval/step_XXXXXXXX) and returns the
-    report."""
+    `video` renders each row's first rollout (first seed) to `out_dir`/video-<setting>.mp4 (or .npz; the
+    row's "video", None where rendering failed). Writes report.json and report.md to `out_dir` (default
+    RUN_DIR/eval/step_XXXXXXXX) and returns the report."""
     ckpt = find_policy_checkpoint(path)
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     if overrides is None:
@@ -293,6 +302,9 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
         latency_repeats = int(tr.get("latency_repeats", 20) or 0)
     if episodes < 0:
         raise ValueError(f"episodes must be >= 0, got {episodes}")
+    if video and episodes == 0:
+        raise ValueError("video needs rollouts: episodes must be >= 1")
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{int(base.step):08d}"
     variants = _variants(base.kind, sample_steps, chaining)
     rollout_envs = None  # recorded in the report when the environment's evaluator runs
     if episodes > 0 and evaluate is None:
@@ -314,8 +326,12 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
         if latency_repeats > 0:
             row["ms_per_chunk"] = round(measure_latency_ms(policy, latency_repeats), 3)
         if episodes > 0:
-            per_seed = [{"seed": s, **rollouts(policy, evaluate, episodes, s)} for s in seeds]
+            stem = out / ("video-" + (re.sub(r"[^A-Za-z0-9.]+", "-", row["setting"]).strip("-") or "policy"))
+            per_seed = [{"seed": s, **rollouts(policy, evaluate, episodes, s, video=stem if video and j == 0 else None)}
+                        for j, s in enumerate(seeds)]
             row.update(_pool(per_seed))
+            if video:
+                row["video"] = per_seed[0].pop("video")
             row["per_seed"] = per_seed
         say("  " + ", ".join(f"{k}={v}" for k, v in row.items() if k != "per_seed"))
         rows.append(row)
@@ -325,7 +341,6 @@ def evaluate_run_imitation(path, overrides: Sequence[str] | Mapping | None = (),
               "overrides": overrides if isinstance(overrides, list) else {k: v for k, v in overrides.items()},
               "episodes_per_seed": episodes, "seeds": seeds, "device": str(base.device),
               "n_envs": rollout_envs, "rows": rows}
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{int(base.step):08d}"
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     (out / "report.md").write_text(format_eval_report(report) + "\n")
@@ -354,17 +369,20 @@ def format_eval_report(report: dict) -> str:
 
 
 def eval_from_cli(path, overrides=(), episodes=None, seeds=None, chaining: bool | str = False, sample_steps=None,
-                  n_envs=None, device=None) -> int:
+                  n_envs=None, device=None, video: bool = False) -> int:
     """`cleandiffuser eval RUN_DIR` for an imitation run: prints the table; 0 on success, 2 on an error."""
     import sys
 
     from ..dataset.validation import DatasetFormatError
     try:
         report = evaluate_run_imitation(path, overrides=list(overrides or ()), episodes=episodes, seeds=seeds,
-                                        chaining=chaining, sample_steps=sample_steps, device=device, n_envs=n_envs)
+                                        chaining=chaining, sample_steps=sample_steps, device=device, n_envs=n_envs,
+                                        video=video)
     except (ConfigError, FileNotFoundError, ValueError, DatasetFormatError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print("\n" + format_eval_report(report))
+    for row in report["rows"] if video else ():
+        print(f"video ({row['setting']}): {row.get('video') or 'not rendered (see the warning above)'}")
     print(f"\nreport: {Path(report['out_dir']) / 'report.json'}")
     return 0

@@ -508,9 +508,10 @@ def action_latency_ms(agent: Agent, obs_dim: int, repeats: int = 30) -> float:
 
 
 def evaluate_agent(agent: Agent, normalizer, cfg: DictConfig, env_id: str, out_dir, sample_steps=None,
-                   measure_latency: bool = True, say=print) -> list[dict]:
+                   measure_latency: bool = True, video: bool = False, say=print) -> list[dict]:
     """Score the agent once per entry of `sample_steps` (default cfg.eval.sample_steps): one row each
-    with the D4RL normalized score mean ± SE over all episodes of all eval seeds and the ms per action."""
+    with the D4RL normalized score mean ± SE over all episodes of all eval seeds and the ms per action
+    (`video`: and its first episode rendered, the row's "video")."""
     from ..env.evaluation import evaluate, mean_se
 
     agent.eval()
@@ -530,11 +531,13 @@ def evaluate_agent(agent: Agent, normalizer, cfg: DictConfig, env_id: str, out_d
         res = evaluate(policy, env_id, n_envs=int(cfg.eval.n_envs), n_episodes=int(cfg.eval.episodes),
                        seeds=list(cfg.eval.seeds), obs_normalizer=normalizer,
                        out_dir=Path(out_dir) / f"steps_{steps_used}", dataset_name=env_id,
-                       progress=False)
+                       progress=False, video=video)
         mean, se = mean_se(res.scores)
         row = {"sample_steps": steps_used, "nfe": _nfe(agent), "episodes": int(res.scores.size),
                "eval_seeds": list(res.seeds), "score_mean": mean, "score_se": se,
                "return_mean": float(np.mean(res.returns)), "eval_seconds": round(res.wall_time, 1)}
+        if video:
+            row["video"] = res.video_path
         if measure_latency:
             row["ms_per_action"] = round(action_latency_ms(agent, agent.obs_dim), 3)
         say(f"  sample_steps={steps_used}: normalized score {mean:.1f} ± {se:.1f} "
@@ -552,8 +555,10 @@ def _nfe(agent: Agent):
 
 
 def evaluate_run(path, sample_steps=None, episodes: int | None = None, seeds=None, n_envs: int | None = None,
-                 device: str | None = None, overrides: list[str] | tuple = (), out_dir=None, say=print) -> dict:
-    """`cleandiffuser eval`: score a run directory or checkpoint again (other sample steps, more episodes)."""
+                 device: str | None = None, overrides: list[str] | tuple = (), out_dir=None, video: bool = False,
+                 say=print) -> dict:
+    """`cleandiffuser eval`: score a run directory or checkpoint again (other sample steps, more episodes;
+    `video`: each row's first episode rendered into its steps_<K> folder)."""
     run = load_agent(path, device=device, overrides=overrides)
     cfg = run.cfg
     if sample_steps is not None:
@@ -569,7 +574,7 @@ def evaluate_run(path, sample_steps=None, episodes: int | None = None, seeds=Non
     run_dir = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path.parent
     out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{run.step:08d}"
     say(f"evaluating {run.path} (step {run.step:,}) on {run.env_id}")
-    rows = evaluate_agent(run.agent, run.normalizer, cfg, run.env_id, out, say=say)
+    rows = evaluate_agent(run.agent, run.normalizer, cfg, run.env_id, out, video=video, say=say)
     report = {"run_dir": str(run_dir), "checkpoint": str(run.path), "algo": cfg.algo, "dataset": str(cfg.dataset),
               "env_id": run.env_id, "seed": int(cfg.seed), "steps": run.step, "rows": rows}
     (out).mkdir(parents=True, exist_ok=True)
