@@ -244,7 +244,7 @@ class IDQLAgent(Agent):
         prior = torch.zeros(b * n, act_dim, device=self.actor.device)
         cand, _ = self.actor.sample(prior, solver=self.solver, n_samples=b * n, sample_steps=self.sample_steps,
                                     temperature=self.temperature, condition_cfg=obs_rep)
-        adv = (self.critic.q(obs_rep, cand) - self.critic.v(obs_rep)).view(b, n)
+        adv = self.critic.q(obs_rep, cand).view(b, n) - self.critic.v(obs).view(b, 1)  # V once per observation
         return cand.view(b, n, act_dim), adv
 
     @torch.no_grad()
