@@ -951,18 +951,10 @@ def render_states_video(env_args: Mapping[str, Any], states: np.ndarray, model_x
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "episode.npz"
         np.savez(data, states=np.asarray(states, dtype=np.float64), model_xml=np.array(model_xml))
-        job = {"env_args": json.loads(json.dumps(dict(env_args), default=_json_default)), "data": str(data),
+        job = {"env_args": dict(env_args), "data": str(data),  # env_args are JSON, as robomimic files store them
                "stem": str(path_stem), "size": int(size), "camera": str(camera), "fps": int(fps)}
         info, _ = render_in_subprocess("cleandiffuser.datagen.robosuite_demos:_render_states_worker", job)
     return None if info is None else info["path"]
-
-
-def _json_default(obj):
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serializable")
 
 
 def _render_states_worker() -> None:  # pragma: no cover - runs in a subprocess (render_states_video)
