@@ -584,10 +584,9 @@ def evaluate_pusht(
     for env in envs:
         env.close()
     video_path = None
-    if record:  # episode 0 kept its actions: replay them (deterministic) in a rendering env
-        actions = episodes[0].pop("action")
-        for k in ("state", "keypoint", "n_contacts"):
-            episodes[0].pop(k)
+    if record:  # episode 0 kept its arrays: replay its actions (deterministic) in a rendering env, drop the rest
+        actions = episodes[0]["action"]
+        episodes[0] = {k: v for k, v in episodes[0].items() if not isinstance(v, np.ndarray)}
         video_path = str(render_replay(seeds[0], actions, video, size=video_size, max_steps=max_steps))
     s = np.array([e["success"] for e in episodes], dtype=float)
     mc = np.array([e["max_coverage"] for e in episodes], dtype=float)
@@ -605,7 +604,7 @@ def evaluate_pusht(
         "n_episodes": n,
         "wall_time_s": time.time() - t0,
         "episodes": episodes,
-        **({"video": video_path} if record else {}),
+        **({"video": video_path} if video is not None else {}),
     }
 
 
