@@ -194,12 +194,13 @@ def lift_episode():
     """30 steps of robosuite Lift with delta actions: the scripted demonstrator, then 6 random steps with
     entries beyond the controller's input range (clipped by it). (env_args, delta env, episode)."""
     pytest.importorskip("robosuite")
-    from cleandiffuser.datagen import robosuite_demos as rd
+    from cleandiffuser.datagen import robosuite_demos
+    from cleandiffuser.env import robosuite as rd
 
     env_args = rd.make_env_args("lift")
     env = rd.make_env(env_args, seed=0)
     raw = env.reset()
-    scripted = rd.scripted_policy("lift", rng=0)
+    scripted = robosuite_demos.scripted_policy("lift", rng=0)
     scripted.reset(env, raw)
     rng = np.random.default_rng(0)
     states, actions, obs = [], [], []
@@ -217,14 +218,14 @@ def lift_episode():
 
 
 def replay_eef(env, episode, actions):
-    from cleandiffuser.datagen import robosuite_demos as rd
+    from cleandiffuser.env import robosuite as rd
 
     rd.reset_to(env, episode["states"][0], episode["model_file"])
     return np.array([env.step(a)[0]["robot0_eef_pos"] for a in actions])
 
 
 def test_absolute_actions_reach_the_same_end_effector_positions_as_the_deltas(lift_episode):
-    from cleandiffuser.datagen import robosuite_demos as rd
+    from cleandiffuser.env import robosuite as rd
 
     env_args, env, ep = lift_episode
     abs_actions = act.absolute_actions(env, ep["states"], ep["actions"], ep["model_file"])

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from cleandiffuser.datagen.lockstep import run_lockstep, unbatched
+from cleandiffuser.env.lockstep import run_lockstep, unbatched
 from cleandiffuser.imitation.evaluate import DEFAULT_EVAL_N_ENVS, eval_n_envs, make_evaluator, pusht_evaluator
 from cleandiffuser.runner.config import ConfigError
 
@@ -137,7 +137,7 @@ def test_n_envs_setting_and_errors():
         make_evaluator(cfg, n_envs=0)
     with pytest.raises(ConfigError, match="n_envs"):
         pusht_evaluator(5, n_envs=0)
-    from cleandiffuser.datagen import pusht_demos as ptd
+    from cleandiffuser.env import pusht as ptd
     with pytest.raises(ValueError, match="batch policy"):
         ptd.evaluate_pusht(lambda obs: obs[:2], 2, seed=0, max_steps=5, n_envs=2)
     with pytest.raises(ValueError, match="n_envs"):

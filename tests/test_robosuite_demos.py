@@ -1,4 +1,5 @@
-"""Scripted robosuite demonstrations -> robomimic HDF5 (skipped without robosuite)."""
+"""Scripted robosuite demonstrations -> robomimic HDF5, and the robosuite environments they come from: replay,
+resets, evaluation, videos (skipped without robosuite)."""
 import numpy as np
 import pytest
 
@@ -6,6 +7,7 @@ pytest.importorskip("robosuite")
 
 from cleandiffuser.datagen import robosuite_demos as rd
 from cleandiffuser.dataset.robomimic_format import read_robomimic_hdf5
+from cleandiffuser.env import robosuite as rs
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def test_report_and_file_layout(lift_file):
         assert key in data.obs_keys
     for ep in data.episodes:
         T = len(ep["actions"])
-        assert 0 < T <= rd.TASKS["Lift"].horizon
+        assert 0 < T <= rs.TASKS["Lift"].horizon
         assert ep["actions"].shape == (T, 7) and np.abs(ep["actions"]).max() <= 1.0
         assert ep["obs"]["object"].shape == (T, 10)
         assert ep["obs"]["robot0_eef_pos"].shape == (T, 3)
@@ -47,18 +49,18 @@ def test_report_and_file_layout(lift_file):
 def test_demos_end_in_success_and_replay(lift_file):
     path, _ = lift_file
     data = read_robomimic_hdf5(path)
-    env = rd.make_env(data.env_args)
+    env = rs.make_env(data.env_args)
     env.reset()
     for ep in data.episodes:
         # the last recorded state (before the last action) is already a success
-        rd.reset_to(env, ep["states"][-1], ep["model_file"])
+        rs.reset_to(env, ep["states"][-1], ep["model_file"])
         assert env._check_success()
         # the observation at a state matches the recorded one
-        raw = rd.reset_to(env, ep["states"][0], ep["model_file"])
-        np.testing.assert_allclose(rd.robomimic_obs(raw, ["robot0_eef_pos"])["robot0_eef_pos"],
+        raw = rs.reset_to(env, ep["states"][0], ep["model_file"])
+        np.testing.assert_allclose(rs.robomimic_obs(raw, ["robot0_eef_pos"])["robot0_eef_pos"],
                                    ep["obs"]["robot0_eef_pos"][0], atol=1e-6)
     # open-loop replay of the recorded actions from the recorded start reproduces the success
-    out = [rd.replay_demo(data.env_args, ep, env=env) for ep in data.episodes]
+    out = [rs.replay_demo(data.env_args, ep, env=env) for ep in data.episodes]
     assert any(o["success_any"] for o in out), out
     env.close()
 
@@ -82,7 +84,7 @@ def test_evaluate_policy_generic(lift_file):
         seen.append(sorted(obs))
         return np.zeros(7)
 
-    res = rd.evaluate_policy_robosuite(policy, data.env_args, n_episodes=2, seed=0, horizon=3,
+    res = rs.evaluate_policy_robosuite(policy, data.env_args, n_episodes=2, seed=0, horizon=3,
                                        obs_keys=["object", "robot0_eef_pos"])
     assert res["n_episodes"] == 2 and res["success_rate"] == 0.0 and res["success_se"] == 0.0
     assert [e["length"] for e in res["episodes"]] == [3, 3]
@@ -117,7 +119,7 @@ def test_lockstep_evaluation_does_not_depend_on_n_envs(lift_file):
     runs = {}
     for n_envs in (1, 2):
         policy = LoggingPolicy(n_envs)
-        res = rd.evaluate_policy_robosuite(policy, env_args, n_episodes=2, seed=3, horizon=3, n_envs=n_envs,
+        res = rs.evaluate_policy_robosuite(policy, env_args, n_episodes=2, seed=3, horizon=3, n_envs=n_envs,
                                            batched=True, obs_keys=["object", "robot0_eef_pos"])
         assert res["n_episodes"] == 2 and [e["length"] for e in res["episodes"]] == [3, 3]
         runs[n_envs] = (res, policy.seen)
@@ -127,14 +129,14 @@ def test_lockstep_evaluation_does_not_depend_on_n_envs(lift_file):
         np.testing.assert_array_equal(np.array(a), np.array(b))
     assert not np.allclose(seen1[0][0], seen1[1][0])  # the episodes start differently
     with pytest.raises(ValueError, match="batch policy"):
-        rd.evaluate_policy_robosuite(lambda o: np.zeros(7), env_args, n_episodes=2, seed=0, n_envs=2)
+        rs.evaluate_policy_robosuite(lambda o: np.zeros(7), env_args, n_episodes=2, seed=0, n_envs=2)
 
 
 def test_task_names():
-    assert rd.task_spec("can").env_name == "PickPlaceCan"
-    assert rd.task_spec("NutAssemblySquare").horizon == 400
+    assert rs.task_spec("can").env_name == "PickPlaceCan"
+    assert rs.task_spec("NutAssemblySquare").horizon == 400
     with pytest.raises(ValueError):
-        rd.task_spec("stack")
+        rs.task_spec("stack")
 
 
 def test_render_images_from_states(lift_file):
@@ -143,12 +145,12 @@ def test_render_images_from_states(lift_file):
     data = read_robomimic_hdf5(path)
     ep = data.episodes[0]
     try:
-        env = rd.make_env(data.env_args, has_offscreen_renderer=True)
-        rd.reset_to(env, ep["states"][0], ep["model_file"])
-        ims = rd.render_images_from_states(env, ep["states"][:2], size=32)
+        env = rs.make_env(data.env_args, has_offscreen_renderer=True)
+        rs.reset_to(env, ep["states"][0], ep["model_file"])
+        ims = rs.render_images_from_states(env, ep["states"][:2], size=32)
     except Exception as e:  # noqa: BLE001 - no EGL / OSMesa here
         pytest.skip(f"offscreen rendering unavailable: {type(e).__name__}: {e}")
-    assert set(ims) == set(rd.IMAGE_KEYS)
+    assert set(ims) == set(rs.IMAGE_KEYS)
     for v in ims.values():
         assert v.shape == (2, 32, 32, 3) and v.dtype == np.uint8 and v.std() > 0
     env.close()
@@ -167,15 +169,15 @@ def test_rendering_env_hard_resets_keep_frames_right_and_memory_flat(lift_file):
     path, _ = lift_file
     env_args = read_robomimic_hdf5(path).env_args
     try:
-        env = rd.make_env(env_args, seed=0, images=True)
-        rd.reset_episode(env, 0)
+        env = rs.make_env(env_args, seed=0, images=True)
+        rs.reset_episode(env, 0)
     except Exception as e:  # noqa: BLE001 - no EGL / OSMesa here
         pytest.skip(f"offscreen rendering unavailable: {type(e).__name__}: {e}")
 
     def frames(e, seed):
-        raw, out = rd.reset_episode(e, seed), []
+        raw, out = rs.reset_episode(e, seed), []
         for _ in range(3):
-            out.append(rd.robomimic_obs(raw, list(rd.IMAGE_KEYS)))
+            out.append(rs.robomimic_obs(raw, list(rs.IMAGE_KEYS)))
             raw, *_ = e.step(np.zeros(7))
         return out
 
@@ -183,10 +185,10 @@ def test_rendering_env_hard_resets_keep_frames_right_and_memory_flat(lift_file):
     for seed in range(1, 7):
         long_lived = frames(env, seed)
     grown = _rss_mb() - before
-    fresh_env = rd.make_env(env_args, seed=0, images=True)
+    fresh_env = rs.make_env(env_args, seed=0, images=True)
     fresh = frames(fresh_env, 6)
     for a, b in zip(long_lived, fresh):
-        for k in rd.IMAGE_KEYS:
+        for k in rs.IMAGE_KEYS:
             assert a[k].shape == (84, 84, 3) and a[k].mean() > 40  # Lift's scenes are bright
             np.testing.assert_array_equal(a[k], b[k])
     fresh_env.close()
@@ -206,7 +208,7 @@ def test_rollout_video_shows_the_first_episode(lift_file):
     stem = lift_file[0].parent / "video"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        res = rd.evaluate_policy_robosuite(LoggingPolicy(2), env_args, n_episodes=2, seed=3, horizon=6, n_envs=2,
+        res = rs.evaluate_policy_robosuite(LoggingPolicy(2), env_args, n_episodes=2, seed=3, horizon=6, n_envs=2,
                                            batched=True, obs_keys=["object", "robot0_eef_pos"], video=stem,
                                            video_size=64)
     if res["video"] is None:
@@ -215,11 +217,11 @@ def test_rollout_video_shows_the_first_episode(lift_file):
     frames = read_video(res["video"]).astype(float)
     assert frames.shape == (7, 64, 64, 3)  # the start and 6 steps
     assert np.abs(frames[-1] - frames[0]).mean() > 0.5  # the arm moved
-    env = rd.make_env(env_args, seed=3, images=True)
+    env = rs.make_env(env_args, seed=3, images=True)
     starts = []
     for i in (0, 1):
-        rd.reset_episode(env, episode_seed(3, i))
+        rs.reset_episode(env, episode_seed(3, i))
         state = env.sim.get_state().flatten()
-        starts.append(rd.render_images_from_states(env, [state], ["agentview"], 64)["agentview_image"][0])
+        starts.append(rs.render_images_from_states(env, [state], ["agentview"], 64)["agentview_image"][0])
     env.close()
     assert np.abs(frames[0] - starts[0]).mean() < np.abs(frames[0] - starts[1]).mean()  # it shows episode 0

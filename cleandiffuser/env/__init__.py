@@ -3,6 +3,11 @@
 ``make_env`` builds a seeded gymnasium (1.x) MuJoCo v5 environment; ``normalized_score``
 maps returns to D4RL's 0-100 scale. gymnasium/mujoco are imported lazily, so the score
 functions work without them (``pip install -e ".[mujoco]"`` for the environments).
+
+The task side of imitation lives beside them, one module per simulator: :mod:`.robosuite` (Lift, Can, Square as
+robomimic sees them) and :mod:`.pusht` (gym-pusht), each with seeded episodes, replay and policy evaluation;
+:mod:`.lockstep` steps several environments with one batched policy call; :mod:`.video` writes rollout videos.
+Scripted demonstrators that make datasets from them are in :mod:`cleandiffuser.datagen`.
 """
 from __future__ import annotations
 

@@ -203,14 +203,14 @@ def _arm_controllers(env):
 def absolute_actions(env, states, actions, model_file: str | None = None) -> np.ndarray:
     """One episode's OSC_POSE delta actions -> absolute ``[pos, axis-angle, gripper]`` actions.
 
-    ``env`` is a robosuite env with the delta controller (:func:`cleandiffuser.datagen.robosuite_demos.make_env`
+    ``env`` is a robosuite env with the delta controller (:func:`cleandiffuser.env.robosuite.make_env`
     of the file's env_args, reset once); ``states`` (T, S) are the recorded simulator states, ``model_file``
     the demo's MJCF. For every step the env is set to ``states[t]`` and the arm controller is given
     ``actions[t]`` exactly as ``env.step`` would (scaled by output_max / input_max, clipped, the position
     added to and the rotation applied to the current end-effector pose); its goal (``goal_pos``,
     ``goal_ori``) is the absolute action. Gripper dims are copied.
     """
-    from ..datagen import robosuite_demos as rd
+    from ..env import robosuite as rd
 
     states = np.asarray(states, dtype=np.float64)
     actions = np.asarray(actions, dtype=np.float64)
@@ -235,7 +235,7 @@ def absolute_actions(env, states, actions, model_file: str | None = None) -> np.
 
 
 def _replay_env(env_args: Mapping):
-    from ..datagen import robosuite_demos as rd
+    from ..env import robosuite as rd
 
     if int(env_args.get("type", 1)) != 1:
         raise ValueError(f"env_args type {env_args.get('type')} is not a robosuite env (type 1)")

@@ -6,9 +6,9 @@ without suffix) it also renders episode 0 and gives the file as ``video``. The t
 ``training.online_rollouts=true``; which one follows ``task.env``:
 
 * ``robosuite`` - robomimic env_args (``task.env_args`` or the dataset file's), through
-  :func:`cleandiffuser.datagen.robosuite_demos.evaluate_policy_robosuite`;
+  :func:`cleandiffuser.env.robosuite.evaluate_policy_robosuite`;
 * ``pusht`` - gym-pusht's ``PushT-v0`` with state observations, through
-  :func:`cleandiffuser.datagen.pusht_demos.evaluate_pusht` (success = coverage > 0.95 within
+  :func:`cleandiffuser.env.pusht.evaluate_pusht` (success = coverage > 0.95 within
   ``task.rollout_horizon`` steps, default 300); the policy's observation keys may be ``state`` (the env's
   5-d observation) and ``agent_pos`` (its first two numbers);
 * null - robosuite when the dataset records env_args.
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from ..datagen.lockstep import check_n_envs
+from ..env.lockstep import check_n_envs
 from ..runner.config import ConfigError
 from .checkpoint import CHECKPOINT_FORMAT, find_policy_checkpoint, get_policy
 from .policy import ChunkPolicy, fork_rng, measure_latency_ms
@@ -84,11 +84,11 @@ def _batch_wrapper(policy: ChunkPolicy, n_envs: int, n_episodes: int) -> BatchPo
 
 def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int = DEFAULT_EVAL_N_ENVS) -> Evaluator:
     """evaluate(policy, n_episodes, seed) -> success rate +- SE of the policy in the robosuite env
-    `env_args` (cleandiffuser.datagen.robosuite_demos): min(n_envs, n_episodes) env instances step in
+    `env_args` (cleandiffuser.env.robosuite): min(n_envs, n_episodes) env instances step in
     lockstep through a BatchPolicyWrapper (one predict_action call per step for the envs that replan)."""
     n_envs = _check_n_envs(n_envs)
     try:
-        from ..datagen import robosuite_demos as rd
+        from ..env import robosuite as rd
         rd._import_robosuite()
     except ImportError as e:
         raise ConfigError(f"robosuite rollouts need robosuite: {e}") from None
@@ -103,12 +103,12 @@ def robosuite_evaluator(env_args: dict, horizon: int | None = None, n_envs: int 
 
 def pusht_evaluator(max_steps: int | None = None, n_envs: int = DEFAULT_EVAL_N_ENVS) -> Evaluator:
     """evaluate(policy, n_episodes, seed) -> success rate +- SE and mean max coverage +- SE of the
-    policy on gym-pusht's Push-T with state observations (cleandiffuser.datagen.pusht_demos.evaluate_pusht;
+    policy on gym-pusht's Push-T with state observations (cleandiffuser.env.pusht.evaluate_pusht;
     episodes end at success or `max_steps`, default 300): min(n_envs, n_episodes) envs step in lockstep
     through a BatchPolicyWrapper (one predict_action call per step for the envs that replan)."""
     n_envs = _check_n_envs(n_envs)
     try:
-        from ..datagen import pusht_demos as pd
+        from ..env import pusht as pd
         pd._import_gym_pusht()
     except ImportError as e:
         raise ConfigError(f"Push-T rollouts need gym-pusht: {e}") from None

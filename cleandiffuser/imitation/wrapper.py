@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import torch
 
-from ..datagen.lockstep import check_n_envs
+from ..env.lockstep import check_n_envs
 
 __all__ = ["BatchPolicyWrapper", "PolicyWrapper"]
 
