@@ -1,7 +1,7 @@
 """Training speed of the imitation policies (ChiUNet1d action-chunk models, the Can low-dim config of
 imitation/edm_lift.yaml at batch 64), fp32 against bf16 autocast, next to the machine's floor.
 
-    python benchmarks/bench_imitation_train.py [--threads 1] [--seconds 3] 2>&1 | grep -v USDT
+    python benchmarks/bench_imitation_train.py [--threads 1] [--seconds 3] [--policies ctm-ode4 ...] 2>&1 | grep -v USDT
 
 "bf16 oneDNN" is the previous version: bf16 autocast with every convolution on oneDNN's path, where "bf16" computes
 the stride-1 convolutions as patch matmuls (cleandiffuser.nn_diffusion.conv.GemmConv1d). "edm-dp" is the teacher at
@@ -23,6 +23,7 @@ from cleandiffuser.nn_diffusion import conv
 
 CONFIG = "cleandiffuser/configs/imitation/edm_lift.yaml"
 BATCH = 64
+POLICIES = ["edm", "ddim", "ctm-ode1", "ctm-ode4", "edm-dp"]
 
 
 def make(kind: str, precision: str, teacher: ChunkPolicy | None = None) -> ChunkPolicy:
@@ -61,6 +62,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--policies", nargs="+", choices=POLICIES, default=POLICIES)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     peak = matmul_peak(torch.bfloat16, args.seconds)
@@ -69,7 +71,7 @@ def main():
     print(f"{'policy':<12}{'GFLOP/update':>13}{'fp32 upd/s':>12}{'bf16 oneDNN':>13}{'bf16 upd/s':>12}{'floor':>8}"
           f"{'conv bwd share':>16}")
     teacher = make("edm", "fp32")
-    for kind in ("edm", "ddim", "ctm-ode1", "ctm-ode4", "edm-dp"):
+    for kind in args.policies:
         rates = {}
         for precision, gemm in (("fp32", True), ("bf16 oneDNN", False), ("bf16", True)):
             conv.BF16_GEMM = gemm
@@ -80,7 +82,7 @@ def main():
             policy.update(batch)
         flops = counter.get_total_flops()
         share = conv_backward_share(policy, batch)
-        print(f"{kind:<12}{flops / 1e9:>13.2f}{rates['fp32']:>12.1f}{rates['bf16 oneDNN']:>13.1f}{rates['bf16']:>12.1f}"
+        print(f"{kind:<12}{flops / 1e9:>13.2f}{rates['fp32']:>12.2f}{rates['bf16 oneDNN']:>13.2f}{rates['bf16']:>12.2f}"
               f"{peak / flops:>8.1f}{share:>16.0%}", flush=True)
 
 

@@ -176,3 +176,27 @@ def test_sampling_without_grad_builds_no_graph():
     ctm = ConsistencyTrajectoryModel(small_net(), bins=10)
     _, log = ctm.sample(torch.zeros(4, 2), sample_steps=2)  # default solver: chain (NFE = steps)
     assert log["nfe"] == 2
+
+
+def test_ctm_teacher_solve_is_per_sample_heun_along_the_grid():
+    """The CTM target's teacher solve (only the samples that still move are run) equals plain Heun steps of the
+    teacher's denoiser from grid index i_from to min(i_to, i_from + ode_steps_max), one sample at a time."""
+    torch.manual_seed(0)
+    edm = ContinuousEDM(small_net(obs_dim=3), IdentityCondition(dropout=0.0), sigma_min=0.002)
+    ctm = ConsistencyTrajectoryModel(small_net(obs_dim=3), IdentityCondition(dropout=0.0), bins=12, ode_steps_max=3)
+    ctm.prepare_distillation(edm)
+    x, x0, obs = torch.randn(9, 2) * 5, torch.zeros(9, 2), torch.randn(9, 3)
+    i_from = torch.tensor([0, 1, 3, 5, 7, 9, 11, 11, 4])
+    i_to = torch.tensor([0, 4, 3, 6, 12, 12, 12, 11, 10])  # 0, 3, 0, 1, 3, 3, 1, 0 and 3 (capped) steps
+    got = ctm._teacher_solve(x, i_from, i_to, x0, obs)
+    net, grid = edm.model_ema, ctm.grid
+    with torch.no_grad():
+        for b in range(9):
+            y, emb = x[b:b + 1], edm.encode_condition(net, obs[b:b + 1])
+            for i in range(int(i_from[b]), min(int(i_to[b]), int(i_from[b]) + 3)):
+                sa, sb = grid[i:i + 1], grid[i + 1:i + 2]
+                d = (y - edm.denoise(net, y, sa, emb)) / sa
+                ye = y + (sb - sa) * d
+                y = y + (sb - sa) * 0.5 * (d + (ye - edm.denoise(net, ye, sb, emb)) / sb)
+            torch.testing.assert_close(got[b:b + 1], y, rtol=1e-5, atol=1e-5)
+    assert torch.equal(got[[0, 2, 7]], x[[0, 2, 7]])  # nothing to solve: unchanged

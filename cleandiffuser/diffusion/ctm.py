@@ -26,6 +26,15 @@ from .edm import ContinuousEDM, edm_precondition
 from .schedules import karras_sigmas
 
 
+def _rows(emb, index: torch.Tensor):
+    """The rows `index` of a condition embedding (a tensor, a dict of tensors, or None)."""
+    if emb is None:
+        return None
+    if isinstance(emb, dict):
+        return {k: _rows(v, index) for k, v in emb.items()}
+    return emb[index]
+
+
 class ConsistencyTrajectoryModel(DiffusionModel):
     solvers = ("chain", "anystep")
     default_solver = "chain"
@@ -107,25 +116,28 @@ class ConsistencyTrajectoryModel(DiffusionModel):
 
     @torch.no_grad()
     def _teacher_solve(self, x, i_from, i_to, x0, condition):
-        """Teacher Heun (or Euler) steps along the grid from index i_from to i_to >= i_from, per sample."""
+        """Teacher Heun (or Euler) steps along the grid from index i_from to i_to >= i_from, per sample. Each step
+        runs the teacher on the samples that still move only (with ode_steps_max 4 on 20 bins, 1.8 of the 4
+        steps on average), so a longer solve costs what its samples need."""
         teacher = self.teacher
         net = teacher.model_ema
         emb = teacher.encode_condition(net, condition)
         shape = (-1, *([1] * (x.dim() - 1)))
-        i = i_from.clone()
+        x, i = x.clone(), i_from.clone()
+        live = torch.nonzero(i < i_to).squeeze(1)
         for _ in range(self.ode_steps_max):
-            active = (i < i_to)
-            if not active.any():
+            if live.numel() == 0:
                 break
-            j = torch.where(active, i + 1, i)
-            s_a, s_b = self.grid[i], self.grid[j]
-            d = (x - teacher.denoise(net, x, s_a, emb)) / s_a.view(shape)
-            x_e = self.inpaint(x + (s_b - s_a).view(shape) * d, x0)
+            xa, x0a, ea = x[live], x0[live], _rows(emb, live)
+            s_a, s_b = self.grid[i[live]], self.grid[i[live] + 1]
+            d = (xa - teacher.denoise(net, xa, s_a, ea)) / s_a.view(shape)
+            x_e = self.inpaint(xa + (s_b - s_a).view(shape) * d, x0a)
             if self.teacher_solver == "heun":
-                d2 = (x_e - teacher.denoise(net, x_e, s_b, emb)) / s_b.view(shape)
-                x_e = self.inpaint(x + (s_b - s_a).view(shape) * 0.5 * (d + d2), x0)
-            x = torch.where(active.view(shape), x_e, x)
-            i = j
+                d2 = (x_e - teacher.denoise(net, x_e, s_b, ea)) / s_b.view(shape)
+                x_e = self.inpaint(xa + (s_b - s_a).view(shape) * 0.5 * (d + d2), x0a)
+            x[live] = x_e
+            i[live] += 1
+            live = live[i[live] < i_to[live]]
         return x
 
     def loss(self, x0, cond_emb, condition=None, **kwargs):
