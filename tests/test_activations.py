@@ -34,6 +34,30 @@ def test_mish_matches_torch_values_and_gradients(dtype, tol, shape):
             g.sum().backward()
 
 
+
+def test_fused_mish_compiles_once_for_every_rank_grad_and_autocast_mode():
+    """The activations a network makes (2-, 3-, 4-d; training and evaluation; under bf16 autocast) share one
+    compiled variant of each kernel: with recompiles made errors, none of these calls may recompile."""
+    if activations._kernels() is None:
+        pytest.skip("no C++ compiler for the fused kernel")
+    torch.manual_seed(0)
+    shapes = [(64, 512), (64, 32, 16), (8, 16, 16, 16)]
+    for shape in shapes:  # the first backward compiles the backward kernel; nothing after that compiles
+        x = torch.randn(shape, requires_grad=True)
+        mish(x).sum().backward()
+        break
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for shape in shapes:
+            x = torch.randn(shape).mul(4).requires_grad_()
+            y = mish(x)
+            y.backward(torch.ones_like(y))
+            with torch.no_grad():
+                assert torch.allclose(mish(x), F.mish(x), atol=1e-5)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                assert torch.allclose(mish(x), F.mish(x), atol=1e-5)
+            assert torch.allclose(x.grad, torch.autograd.functional.vjp(F.mish, x.detach(), torch.ones_like(x))[1],
+                                  atol=1e-5)
+
 def test_compiled_dropout_is_a_fresh_fair_mask_seeded_by_torch():
     drop = torch.compile(lambda x: dropout(x, 0.25), dynamic=False)
     x = torch.ones(256, 512, requires_grad=True)

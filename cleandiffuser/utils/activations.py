@@ -48,12 +48,28 @@ def _kernels():
     try:
         kernels = tuple(torch.compile(f, dynamic=True) for f in (_mish_forward, _mish_backward))
         x = torch.linspace(-3, 3, 64)
-        if not torch.allclose(kernels[0](x), F.mish(x), atol=1e-5):  # also triggers compilation
+        if not torch.allclose(_flat_call(kernels[0], x), F.mish(x), atol=1e-5):  # also triggers compilation
             raise RuntimeError("fused Mish disagrees with torch's")
         return kernels
     except Exception as e:  # no C++ compiler, unsupported platform, ...
         warnings.warn(f"fused CPU kernels unavailable, using eager Mish ({type(e).__name__}: {e})")
         return None
+
+
+def _flat_call(kernel, *tensors: torch.Tensor) -> torch.Tensor:
+    """A compiled elementwise kernel on the flattened, detached tensors, without grad or autocast. Dynamo
+    specializes a compiled function on its inputs' rank and requires_grad and on the grad and autocast modes; called
+    as they come (2-, 3-, 4-d activations, training and evaluation, bf16 autocast) the variants passed its recompile
+    limit (8) within one student update, and calls past it ran the unfused formula. Called like this, one variant per
+    dtype. The flat input is a fresh tensor on the same storage, not a view: Dynamo also guards on a view's base."""
+    with torch.no_grad(), torch.autocast("cpu", enabled=False):
+        return kernel(*map(_flat_alias, tensors))
+
+
+def _flat_alias(x: torch.Tensor) -> torch.Tensor:
+    x = x.detach().contiguous()
+    return torch.empty(0, dtype=x.dtype, device=x.device).set_(x.untyped_storage(), x.storage_offset(), (x.numel(),),
+                                                               (1,))
 
 
 def _use_fused(x: torch.Tensor) -> bool:
@@ -65,13 +81,13 @@ class _FusedMish(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return _kernels()[0](x)
+        return _flat_call(_kernels()[0], x).view(x.shape)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
         (x,) = ctx.saved_tensors
-        return _kernels()[1](x, grad.contiguous())
+        return _flat_call(_kernels()[1], x, grad).view(x.shape)
 
 
 def mish(x: torch.Tensor) -> torch.Tensor:
