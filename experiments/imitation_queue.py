@@ -250,6 +250,8 @@ def main() -> int:
             if subprocess.call(cmd, cwd=ROOT) != 0:
                 print(f"run failed: {run}", flush=True)
                 return 1
+            if (run / "report.json").is_file():  # recorded now: a session stopped midway keeps every finished run
+                keep_record(run, RECORDS)
     write_table(args.task)
     return 0
 

@@ -227,6 +227,9 @@ def run_plan(plan: str, entries, extra: list[str]) -> tuple[list[Path], int]:
                         *resolved(overrides, plan, seed), *extra]
             print(f"[{time.strftime('%H:%M:%S')}] {' '.join(cmd)}", flush=True)
             rc = subprocess.call(cmd, cwd=ROOT)
+            if rc == 0 and (run_dir / "report.json").is_file():
+                # recorded now, not at the final --report: a session stopped midway keeps every finished run
+                keep_record(run_dir, RECORDS)
             if rc < 0:  # killed by a signal (the machine or the user stopping jobs): resumable, not failed
                 sys.exit(f"run stopped by signal {-rc}: {run_dir} (resumes on the next start)")
             if rc > 0:

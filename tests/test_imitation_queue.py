@@ -89,3 +89,22 @@ def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, mon
     assert queue.main() == 0 and calls == ["edm", "ctmp-ode4"]  # the new student needs the teacher's weights
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--teacher-steps", "20000"])
     assert queue.main() == 0 and calls[2:] == ["edm-20000", "ctmp-t20000"]  # a longer teacher and its own student
+
+
+def test_a_finished_run_is_recorded_before_the_next_one_starts(queue, monkeypatch):
+    records = queue.RECORDS / "imitation-can"
+    calls = []
+
+    def train_then_stop(cmd, cwd=None):  # the teacher finishes; the student's run is stopped (the session ends)
+        run = Path(cmd[cmd.index("--run-dir") + 1])
+        calls.append(run.name)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        finish(run, report(run.name, 1500, 0.5))
+        return 0
+
+    monkeypatch.setattr(queue.subprocess, "call", train_then_stop)
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--only", "edm", "student"])
+    with pytest.raises(KeyboardInterrupt):
+        queue.main()
+    assert calls == ["edm", "ctmp"] and (records / "edm" / "report.json").is_file()

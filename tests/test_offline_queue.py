@@ -149,6 +149,23 @@ def test_a_needed_run_known_only_by_its_record_trains_again_and_a_failed_one_sto
     assert [d.name for d in failed] == ["idql-ct-iql60k-seed2"] and waiting == 0 and calls == []
 
 
+def test_a_finished_run_is_recorded_when_it_finishes_not_only_at_the_final_report(queue, monkeypatch):
+    plan = "halfcheetah-medium-cpu"
+    entries = queue.run_dirs(plan, [0], only=["dbc", "dql"])
+    calls = []
+    trainer = fake_trainer(calls)
+
+    def call_then_stop(cmd, cwd=None):  # the second run is stopped by a signal: the session ends there
+        return trainer(cmd, cwd) if not calls else -9
+
+    monkeypatch.setattr(queue.subprocess, "call", call_then_stop)
+    with pytest.raises(SystemExit, match="stopped by signal 9"):
+        queue.run_plan(plan, entries, [])
+    first = Path(calls[0][calls[0].index("--run-dir") + 1])
+    assert (queue.RECORDS / plan / first.name / "report.json").is_file()
+    assert sorted(p.name for p in (queue.RECORDS / plan).iterdir()) == [first.name]
+
+
 def test_an_entry_may_only_refer_to_entries_of_its_plan(queue, monkeypatch):
     monkeypatch.setitem(queue.PLANS, "hopper-medium-cpu", [("a", "idql", ["agent.critic_path={nope}"])])
     with pytest.raises(ValueError, match=r"refer to \['nope'\], which are not entries of the plan"):
