@@ -1,6 +1,7 @@
-"""How IDQL's action selection should be set, over training seeds: score trained IDQL runs at several
-softmax(w (Q - V)) temperatures, with greedy selection, with the IDQL paper's expectile resampling, and with the actor
-alone (one candidate, no critic).
+"""How act-time selection should be set, over training seeds: score trained IDQL runs at several softmax(w (Q - V))
+temperatures, with greedy selection, with the IDQL paper's expectile resampling, and with the actor alone (one
+candidate, no critic). Diffusion-QL and EDP runs (softmax(w Q) over their 50 candidates) take the temperatures and
+--alone.
 
     python experiments/selection_sweep.py RUN [RUN ...] [--weight-temperatures 50 10 3] [--greedy] [--expectile]
         [--alone] [--sample-steps K] [--episodes 10] [--out results/selection-X.md]
@@ -26,10 +27,17 @@ from cleandiffuser.runner.report import _pm as plus_minus
 from cleandiffuser.runner.rundir import write_results_page
 
 
-def settings(temperatures, greedy: bool, alone: bool, expectile: bool = False) -> list[tuple[str, dict]]:
+SELECTING_ALGOS = ("idql", "dql", "edp")  # the agents that draw candidates and keep one by the critic
+
+
+def settings(temperatures, greedy: bool, alone: bool, expectile: bool = False,
+             algo: str = "idql") -> list[tuple[str, dict]]:
     """(label, agent attributes) per setting: softmax at each temperature, then greedy, then the IDQL paper's
-    expectile resampling, then the actor alone."""
-    out = [(f"softmax, w = {w:g}", {"selection": "softmax", "weight_temperature": float(w)}) for w in temperatures]
+    expectile resampling, then the actor alone. DQL and EDP agents have one selection rule (softmax over Q)."""
+    if algo != "idql" and (greedy or expectile):
+        raise ValueError(f"{algo} agents select by softmax(w Q) only: greedy and expectile selection are IDQL's")
+    rule = {"selection": "softmax"} if algo == "idql" else {}
+    out = [(f"softmax, w = {w:g}", {**rule, "weight_temperature": float(w)}) for w in temperatures]
     if greedy:
         out.append(("greedy (argmax Q - V)", {"selection": "greedy"}))
     if expectile:
@@ -37,6 +45,12 @@ def settings(temperatures, greedy: bool, alone: bool, expectile: bool = False) -
     if alone:
         out.append(("the actor alone (1 candidate)", {"num_candidates": 1}))
     return out
+
+
+def is_own(attributes: dict, own_temperature: float) -> bool:
+    """Whether a setting is the runs' own: softmax at their temperature, all their candidates."""
+    return (attributes.get("weight_temperature") == own_temperature and "num_candidates" not in attributes
+            and attributes.get("selection", "softmax") == "softmax")
 
 
 def score_setting(agent, attributes: dict, score) -> dict:
@@ -55,7 +69,7 @@ def reported_score(run, attributes: dict, episodes: int, sample_steps: int | Non
     """The run's own end-of-training score (report.json) when the setting is the run's own and the evaluation the
     same (episodes, sample steps: None is the actor's default): no need to score it again."""
     agent, cfg = run.agent, run.cfg
-    if any(getattr(agent, k) != v for k, v in attributes.items()) or "selection" not in attributes:
+    if any(getattr(agent, k) != v for k, v in attributes.items()):
         return None
     report = run.path.parent.parent / "report.json"
     try:
@@ -91,7 +105,7 @@ def sweep(runs, setting_list, score_run) -> list[dict]:
 def format_rows(rows, own_temperature: float, names: list[str]) -> str:
     lines = ["| selection | mean ± SE | " + " | ".join(names) + " |", "|---|---:|" + "---:|" * len(names)]
     for r in rows:
-        own = r["attributes"].get("weight_temperature") == own_temperature and "selection" in r["attributes"]
+        own = is_own(r["attributes"], own_temperature)
         label = r["setting"] + (" (the runs' own)" if own else "")
         lines.append(f"| {label} | {plus_minus(r['mean'], r['se'])} | " + " | ".join(f"{s:.1f}" for s in r["scores"])
                      + " |")
@@ -100,7 +114,7 @@ def format_rows(rows, own_temperature: float, names: list[str]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("runs", type=Path, nargs="+", help="IDQL run directories (one per training seed)")
+    ap.add_argument("runs", type=Path, nargs="+", help="IDQL, DQL or EDP run directories (one per training seed)")
     ap.add_argument("--weight-temperatures", type=float, nargs="+", default=None,
                     help="softmax temperatures to score (default: the runs' own)")
     ap.add_argument("--greedy", action="store_true", help="also score greedy selection")
@@ -113,9 +127,13 @@ def main() -> None:
     args = ap.parse_args()
 
     loaded = [load_agent(run, device="cpu") for run in args.runs]
+    algos = {run.cfg.algo for run in loaded}
     for run, path in zip(loaded, args.runs):
-        if run.cfg.algo != "idql":
-            raise SystemExit(f"{path} is an {run.cfg.algo!r} run, not an idql one")
+        if run.cfg.algo not in SELECTING_ALGOS:
+            raise SystemExit(f"{path} is a {run.cfg.algo!r} run; the sweep scores {', '.join(SELECTING_ALGOS)} runs")
+    if len(algos) > 1:
+        raise SystemExit(f"the runs are of different algorithms: {sorted(algos)}")
+    algo = algos.pop()
     datasets = {str(r.cfg.dataset) for r in loaded}
     if len(datasets) > 1:
         raise SystemExit(f"the runs were trained on different datasets: {sorted(datasets)}")
@@ -142,11 +160,16 @@ def main() -> None:
         print(f"{run.path.parent.parent.name}: {label}: {row['score_mean']:.1f} ± {row['score_se']:.1f}", flush=True)
         return float(row["score_mean"])
 
-    rows = sweep(loaded, settings(temperatures, args.greedy, args.alone, args.expectile), score_run)
+    try:
+        setting_list = settings(temperatures, args.greedy, args.alone, args.expectile, algo)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
+    rows = sweep(loaded, setting_list, score_run)
     names = [p.name for p in args.runs]
     cfg = loaded[0].cfg
     steps = args.sample_steps or loaded[0].agent.sample_steps
-    head = (f"IDQL runs: {', '.join(f'`{p}`' for p in args.runs)} (actor {cfg.agent.actor} sampled in {steps} steps, "
+    actor = f"actor {cfg.agent.actor}" if algo == "idql" else "actor"
+    head = (f"{algo.upper()} runs: {', '.join(f'`{p}`' for p in args.runs)} ({actor} sampled in {steps} steps, "
             f"{loaded[0].step:,} training steps, "
             f"{cfg.agent.num_candidates} candidates, critic "
             + (f"fixed, from {', '.join(sorted({f'`{r.cfg.agent.critic_path}`' for r in loaded}))}"
@@ -163,7 +186,7 @@ def main() -> None:
                    + (" --alone" if args.alone else "")
                    + (f" --sample-steps {args.sample_steps}" if args.sample_steps else "")
                    + f" --episodes {args.episodes} --out {args.out}")
-        write_results_page(args.out, f"# IDQL selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
+        write_results_page(args.out, f"# {algo.upper()} selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
         args.out.with_suffix(".json").write_text(json.dumps({"runs": names, "rows": rows}, indent=1, default=float))
 
 

@@ -68,3 +68,20 @@ def test_a_score_is_reused_only_under_the_same_evaluation(sweep, tmp_path):
     assert sweep.cached_row(tmp_path / "score.json", {**key, "episodes": 20}) is None
     assert sweep.cached_row(tmp_path / "score.json", {**key, "step": 30000}) is None  # the run trained on
     assert sweep.cached_row(tmp_path / "missing.json", key) is None
+
+
+def test_dql_and_edp_runs_are_swept_by_temperature_and_alone_only(sweep):
+    agent = SimpleNamespace(weight_temperature=1.0, num_candidates=50)  # a DQL agent has no `selection`
+    seen = []
+    dql_settings = sweep.settings([1, 0.1], greedy=False, alone=True, algo="dql")
+    for _, attributes in dql_settings:
+        sweep.score_setting(agent, attributes, lambda a: seen.append((a.weight_temperature, a.num_candidates)))
+    assert seen == [(1.0, 50), (0.1, 50), (1.0, 1)] and not hasattr(agent, "selection")
+    rows = [{"setting": label, "attributes": attrs, "scores": [5.0], "mean": 5.0, "se": 0.0}
+            for label, attrs in dql_settings]
+    table = sweep.format_rows(rows, 1.0, ["dql-seed1"])
+    assert "| softmax, w = 1 (the runs' own) |" in table
+    assert "| the actor alone (1 candidate) | 5.0 ± 0.0 |" in table and "w = 0.1 (the runs' own)" not in table
+    for bad in ({"greedy": True}, {"expectile": True}):
+        with pytest.raises(ValueError, match="greedy and expectile selection are IDQL's"):
+            sweep.settings([1], alone=False, algo="edp", **{"greedy": False, **bad})
