@@ -252,8 +252,8 @@ def _shipped_replay_cut(env: str, shipped: Path, run_dir: Path, from_rerun: bool
             f"medium-replay is the replay buffer of the SAC run that made the shipped {shipped.name}; "
             f"{run_dir} does not hold that snapshot (missing or different weights). A rerun,\n    "
             f"{_train_hint(env, run_dir)} (--steps {step} suffice),\n"
-            f"reproduces those weights only on the torch build and CPU kernels that made them: a rerun of the Hopper "
-            f"run with torch 2.13.0 diverged after its first update. Pass --from-rerun to take a rerun's replay "
+            f"may reproduce those weights (one thread: a Hopper rerun did on a 2-core CPU, another diverged after its "
+            f"first update); when it does not, pass --from-rerun to take a rerun's replay "
             f"buffer up to the same env step ({step:,}; the file records that it is a rerun), or --run DIR to cut "
             f"your own run at its own selection.json's medium snapshot.")
     return step, same
