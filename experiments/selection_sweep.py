@@ -186,7 +186,8 @@ def main() -> None:
                    + (" --alone" if args.alone else "")
                    + (f" --sample-steps {args.sample_steps}" if args.sample_steps else "")
                    + f" --episodes {args.episodes} --out {args.out}")
-        write_results_page(args.out, f"# {algo.upper()} selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
+        write_results_page(args.out,
+                           f"# {algo.upper()} selection: {cfg.dataset}\n\nCommand: `{command}`\n\n{head}\n\n{table}\n")
         args.out.with_suffix(".json").write_text(json.dumps({"runs": names, "rows": rows}, indent=1, default=float))
 
 

@@ -82,6 +82,6 @@ def test_dql_and_edp_runs_are_swept_by_temperature_and_alone_only(sweep):
     table = sweep.format_rows(rows, 1.0, ["dql-seed1"])
     assert "| softmax, w = 1 (the runs' own) |" in table
     assert "| the actor alone (1 candidate) | 5.0 ± 0.0 |" in table and "w = 0.1 (the runs' own)" not in table
-    for bad in ({"greedy": True}, {"expectile": True}):
+    for greedy, expectile in ((True, False), (False, True)):
         with pytest.raises(ValueError, match="greedy and expectile selection are IDQL's"):
-            sweep.settings([1], alone=False, algo="edp", **{"greedy": False, **bad})
+            sweep.settings([1], greedy=greedy, alone=False, expectile=expectile, algo="edp")
