@@ -5,6 +5,7 @@
     python experiments/imitation_queue.py --task can --student-steps 5000   # a longer student, as ctmp-5000
     python experiments/imitation_queue.py --task can --ode-steps 4          # 4 teacher Heun steps per CTM target
     python experiments/imitation_queue.py --task can --student-bins 20      # a coarser grid for the student
+    python experiments/imitation_queue.py --task can --student-seed 1       # the same student, training seed 1
     python experiments/imitation_queue.py --task pusht --teacher-steps 20000 --only edm  # a longer teacher, edm-20000
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
@@ -50,9 +51,9 @@ COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging
           "logging.checkpoint_every=250"]
 
 
-# student run-name parts: ctmp-5000-ode4-bins20-t20000 (5,000 steps, policy.ode_steps_max=4, 20 bins, distilled
-# from the teacher edm-20000)
-KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps"}
+# student run-name parts: ctmp-5000-ode4-bins20-t20000-s1 (5,000 steps, policy.ode_steps_max=4, 20 bins, distilled
+# from the teacher edm-20000, training seed 1)
+KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps", "s": "seed"}
 RECORDS = ROOT / "results" / "records"
 
 
@@ -60,12 +61,15 @@ def teacher_name(steps: int) -> str:
     return "edm" if steps == STEPS["edm"] else f"edm-{steps}"
 
 
-def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"]) -> str:
-    """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>."""
+def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"],
+                 seed: int = 0) -> str:
+    """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>,
+    -s<seed> off seed 0."""
     name = "ctmp" if steps == STEPS["ctmp"] else f"ctmp-{steps}"
     name += "" if ode_steps == 1 else f"-ode{ode_steps}"
     name += "" if bins is None else f"-bins{bins}"
-    return name + ("" if teacher_steps == STEPS["edm"] else f"-t{teacher_steps}")
+    name += "" if teacher_steps == STEPS["edm"] else f"-t{teacher_steps}"
+    return name + ("" if seed == 0 else f"-s{seed}")
 
 
 def row_label(name: str, setting: str) -> str:
@@ -89,7 +93,7 @@ def row_run(line: str) -> str | None:
     knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
     by_label = {label: key for key, label in KNOB_LABEL.items()}
     kw = {by_label[k]: int(v) for k, v in knobs.items()}
-    return student_name(steps, kw.get("ode", 1), kw.get("bins"), kw.get("t", STEPS["edm"]))
+    return student_name(steps, kw.get("ode", 1), kw.get("bins"), kw.get("t", STEPS["edm"]), kw.get("s", 0))
 
 
 def run_order(name: str) -> tuple:
@@ -103,7 +107,8 @@ def student_knob(part: str) -> tuple[str, int]:
     """'ode4' -> ('ode', 4); '5000' (the training steps) -> ('', 5000)."""
     m = re.fullmatch(r"([a-z]*)(\d+)", part)
     if m is None or (m[1] and m[1] not in KNOB_LABEL):
-        raise ValueError(f"unexpected student run-name part {part!r} (expected <steps>, ode<N> or bins<N>)")
+        raise ValueError(f"unexpected student run-name part {part!r} (expected <steps>, ode<N>, bins<N>, t<N> or "
+                         "s<N>)")
     return m[1], int(m[2])
 
 
@@ -207,6 +212,9 @@ def main() -> int:
     ap.add_argument("--student-bins", type=int, default=None,
                     help="the student's discretization (policy.noise_scheduler.bins; the teacher's 80 by default); "
                          "set, it trains as ctmp[-<steps>][-ode<N>]-bins<N>")
+    ap.add_argument("--student-seed", type=int, default=0,
+                    help="the student's training seed (the teacher's stays 0, and so does the episode split); other "
+                         "than 0 it trains as ctmp[...]-s<N>")
     ap.add_argument("--only", nargs="+", choices=("edm", "student", "ddim"), default=("edm", "student", "ddim"),
                     help="train only these runs (edm = the teacher; the student needs a finished teacher)")
     args = ap.parse_args()
@@ -217,12 +225,14 @@ def main() -> int:
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
         teacher = base / teacher_name(args.teacher_steps)
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
-        student = student_name(args.student_steps, args.ode_steps, args.student_bins, args.teacher_steps)
-        bins = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
+        student = student_name(args.student_steps, args.ode_steps, args.student_bins, args.teacher_steps,
+                               args.student_seed)
+        knobs = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
+        knobs += [] if args.student_seed == 0 else [f"seed={args.student_seed}"]
         plan = [("edm", teacher.name, f"imitation/edm_{suffix}", args.teacher_steps, []),
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",
-                  *bins]),
+                  *knobs]),
                 ("ddim", "ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
         for role, name, config, steps, extra in plan:
             run = base / name

@@ -9,7 +9,8 @@ import pytest
 
 from cleandiffuser.runner.rundir import NOTES_MARKER
 
-STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000"]
+STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000",
+            "ctmp-3000-ode20-bins20-t20000-s1"]
 
 
 @pytest.fixture()
@@ -70,11 +71,12 @@ def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
 
 
 def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, monkeypatch):
-    calls = []
+    calls, commands = [], []
 
     def fake_train(cmd, cwd=None):
         run = Path(cmd[cmd.index("--run-dir") + 1])
         calls.append(run.name)
+        commands.append(cmd)
         finish(run, report(run.name, 1500, 0.5))
         return 0
 
@@ -89,6 +91,10 @@ def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, mon
     assert queue.main() == 0 and calls == ["edm", "ctmp-ode4"]  # the new student needs the teacher's weights
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--teacher-steps", "20000"])
     assert queue.main() == 0 and calls[2:] == ["edm-20000", "ctmp-t20000"]  # a longer teacher and its own student
+
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--teacher-steps", "20000",
+                                      "--student-seed", "1", "--only", "student"])
+    assert queue.main() == 0 and calls[4:] == ["ctmp-t20000-s1"] and "seed=1" in commands[-1]
 
 
 def test_a_finished_run_is_recorded_before_the_next_one_starts(queue, monkeypatch):

@@ -77,7 +77,7 @@ def _episode_obs(ep: dict, key: str):
 
 def load_imitation_data(cfg: DictConfig, normalizer=None) -> ImitationData:
     """Read `task.dataset_path` (robomimic .hdf5 / DP .zarr), check it against shape_meta, hold out
-    `task.val_ratio` of the episodes (seeded by cfg.seed) and build the chunk datasets. The
+    `task.val_ratio` of the episodes (seeded by task.split_seed) and build the chunk datasets. The
     normalizer is fitted on the training episodes unless one is given (a student uses its teacher's).
     With task.rotation_rep=rotation_6d the datasets (and the normalizer) hold [pos, rot6d, gripper]
     actions; task.abs_action is checked against the controller of the env_args."""
@@ -126,7 +126,7 @@ def load_imitation_data(cfg: DictConfig, normalizer=None) -> ImitationData:
     n = len(episodes)
     ratio = float(cfg.task.get("val_ratio", 0.0))
     n_val = min(n - 1, max(1, int(round(ratio * n)))) if ratio > 0 and n >= 2 else 0
-    perm = np.random.default_rng(int(cfg.seed)).permutation(n)
+    perm = np.random.default_rng(int(cfg.task.get("split_seed", cfg.seed))).permutation(n)
     val_ids = set(perm[:n_val].tolist())
     train_eps = [e for i, e in enumerate(episodes) if i not in val_ids]
     val_eps = [e for i, e in enumerate(episodes) if i in val_ids]
