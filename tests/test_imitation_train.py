@@ -343,3 +343,17 @@ def test_pusht_configs_transformer_backbone_and_real_short_rollouts(tmp_path, ca
         policy.obs_keys = ["keypoint"]
         from cleandiffuser.imitation import pusht_evaluator
         pusht_evaluator(5)(policy, 1, 0)
+
+
+def test_split_seed_keeps_a_students_held_out_episodes_its_teachers(lift_file):
+    """A student trained at another seed validates on the episodes its teacher held out (task.split_seed), so
+    their validation MSEs compare; another split_seed holds out other episodes."""
+    def held_out(config, *overrides):
+        data = load_imitation_data(load_imitation_config(config, [f"task.dataset_path={lift_file}", *TINY,
+                                                                  "policy.teacher_path=unused", *overrides]))
+        return data.val.gather(list(range(len(data.val))))["action"]
+
+    teacher = held_out("imitation/edm_lift", "seed=0")
+    torch.testing.assert_close(held_out("imitation/ctmp_lift", "seed=1"), teacher)
+    moved = [held_out("imitation/edm_lift", "seed=0", f"task.split_seed={s}") for s in (1, 2, 3)]
+    assert any(m.shape != teacher.shape or not torch.equal(m, teacher) for m in moved)
