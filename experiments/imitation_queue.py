@@ -7,6 +7,7 @@
     python experiments/imitation_queue.py --task can --student-bins 20      # a coarser grid for the student
     python experiments/imitation_queue.py --task can --student-seed 1       # the same student, training seed 1
     python experiments/imitation_queue.py --task pusht --teacher-steps 20000 --only edm  # a longer teacher, edm-20000
+    python experiments/imitation_queue.py --task can --baseline-steps 20000 --only ddim  # DDIM at that budget
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
 
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
@@ -61,6 +62,10 @@ def teacher_name(steps: int) -> str:
     return "edm" if steps == STEPS["edm"] else f"edm-{steps}"
 
 
+def baseline_name(steps: int) -> str:
+    return "ddim" if steps == STEPS["ddim"] else f"ddim-{steps}"
+
+
 def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"],
                  seed: int = 0) -> str:
     """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>,
@@ -88,7 +93,7 @@ def row_run(line: str) -> str | None:
     if setting.startswith("heun"):
         return teacher_name(steps)
     if setting.startswith("ddim"):
-        return "ddim"
+        return baseline_name(steps)
     m = re.search(r"\(([^()]*)\)$", setting)
     knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
     by_label = {label: key for key, label in KNOB_LABEL.items()}
@@ -100,7 +105,9 @@ def run_order(name: str) -> tuple:
     """Table order: teacher, baseline, then students by their run-name parts."""
     if name.startswith("edm"):
         return (0, [student_knob(x) for x in name.split("-")[1:]])
-    return (1, []) if name == "ddim" else (2, [student_knob(x) for x in name.split("-")[1:]])
+    if name.startswith("ddim"):
+        return (1, [student_knob(x) for x in name.split("-")[1:]])
+    return (2, [student_knob(x) for x in name.split("-")[1:]])
 
 
 def student_knob(part: str) -> tuple[str, int]:
@@ -215,6 +222,9 @@ def main() -> int:
     ap.add_argument("--student-seed", type=int, default=0,
                     help="the student's training seed (the teacher's stays 0, and so does the episode split); other "
                          "than 0 it trains as ctmp[...]-s<N>")
+    ap.add_argument("--baseline-steps", type=int, default=STEPS["ddim"],
+                    help=f"the DDIM baseline's budget; other than {STEPS['ddim']} it trains as ddim-<steps> (match "
+                         "--teacher-steps to compare at the teacher's budget)")
     ap.add_argument("--only", nargs="+", choices=("edm", "student", "ddim"), default=("edm", "student", "ddim"),
                     help="train only these runs (edm = the teacher; the student needs a finished teacher)")
     args = ap.parse_args()
@@ -233,7 +243,7 @@ def main() -> int:
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",
                   *knobs]),
-                ("ddim", "ddim", f"imitation/ddim_{suffix}", STEPS["ddim"], [])]
+                ("ddim", baseline_name(args.baseline_steps), f"imitation/ddim_{suffix}", args.baseline_steps, [])]
         for role, name, config, steps, extra in plan:
             run = base / name
             if role not in args.only or (run / "report.json").is_file():

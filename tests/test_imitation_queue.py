@@ -38,7 +38,7 @@ def finish(run: Path, rep: dict) -> None:
     (run / "checkpoints" / "latest.ckpt").write_bytes(b"weights")
 
 
-@pytest.mark.parametrize("name", ["edm", "edm-20000", "ddim", *STUDENTS])
+@pytest.mark.parametrize("name", ["edm", "edm-20000", "ddim", "ddim-20000", *STUDENTS])
 def test_each_table_row_names_its_run(queue, name):
     steps = int(name.split("-")[1]) if name.split("-")[1:2] and name.split("-")[1].isdigit() else \
         queue.STEPS[name.split("-")[0]]
@@ -77,14 +77,14 @@ def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, mon
         run = Path(cmd[cmd.index("--run-dir") + 1])
         calls.append(run.name)
         commands.append(cmd)
-        finish(run, report(run.name, 1500, 0.5))
+        finish(run, report(run.name, next(int(c.split("=")[1]) for c in cmd if c.startswith("training.steps=")), 0.5))
         return 0
 
     monkeypatch.setattr(queue.subprocess, "call", fake_train)
     records = queue.RECORDS / "imitation-can"
     for name in ("edm", "ctmp", "ddim"):
         (records / name).mkdir(parents=True)
-        (records / name / "report.json").write_text(json.dumps(report(name, 1500, 0.5)))
+        (records / name / "report.json").write_text(json.dumps(report(name, queue.STEPS[name], 0.5)))
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can"])
     assert queue.main() == 0 and calls == []  # everything finished elsewhere: nothing to train
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--ode-steps", "4"])
@@ -95,6 +95,13 @@ def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, mon
     monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--teacher-steps", "20000",
                                       "--student-seed", "1", "--only", "student"])
     assert queue.main() == 0 and calls[4:] == ["ctmp-t20000-s1"] and "seed=1" in commands[-1]
+
+    monkeypatch.setattr(sys, "argv", ["imitation_queue.py", "--task", "can", "--baseline-steps", "20000",
+                                      "--only", "ddim"])  # the baseline at the longer teacher's budget
+    assert queue.main() == 0 and calls[5:] == ["ddim-20000"] and "training.steps=20000" in commands[-1]
+    table = (queue.ROOT / "results" / "imitation-can.md").read_text()
+    runs = [queue.row_run(line) for line in table.splitlines() if line.startswith("| ")]
+    assert runs.index("ddim-20000") == runs.index("ddim") + 1 < runs.index("ctmp")  # baselines after the teachers
 
 
 def test_a_finished_run_is_recorded_before_the_next_one_starts(queue, monkeypatch):
