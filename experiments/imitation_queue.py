@@ -58,19 +58,16 @@ KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps", "s":
 RECORDS = ROOT / "results" / "records"
 
 
-def teacher_name(steps: int) -> str:
-    return "edm" if steps == STEPS["edm"] else f"edm-{steps}"
-
-
-def baseline_name(steps: int) -> str:
-    return "ddim" if steps == STEPS["ddim"] else f"ddim-{steps}"
+def budget_name(kind: str, steps: int) -> str:
+    """A run's name from its kind (edm, ctmp, ddim) and budget: 'edm', or 'edm-20000' off the default budget."""
+    return kind if steps == STEPS[kind] else f"{kind}-{steps}"
 
 
 def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"],
                  seed: int = 0) -> str:
     """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>,
     -s<seed> off seed 0."""
-    name = "ctmp" if steps == STEPS["ctmp"] else f"ctmp-{steps}"
+    name = budget_name("ctmp", steps)
     name += "" if ode_steps == 1 else f"-ode{ode_steps}"
     name += "" if bins is None else f"-bins{bins}"
     name += "" if teacher_steps == STEPS["edm"] else f"-t{teacher_steps}"
@@ -91,9 +88,9 @@ def row_run(line: str) -> str | None:
         return None  # the header or its rule
     setting, steps = cells[0], int(cells[1].replace(",", ""))
     if setting.startswith("heun"):
-        return teacher_name(steps)
+        return budget_name("edm", steps)
     if setting.startswith("ddim"):
-        return baseline_name(steps)
+        return budget_name("ddim", steps)
     m = re.search(r"\(([^()]*)\)$", setting)
     knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
     by_label = {label: key for key, label in KNOB_LABEL.items()}
@@ -103,11 +100,8 @@ def row_run(line: str) -> str | None:
 
 def run_order(name: str) -> tuple:
     """Table order: teacher, baseline, then students by their run-name parts."""
-    if name.startswith("edm"):
-        return (0, [student_knob(x) for x in name.split("-")[1:]])
-    if name.startswith("ddim"):
-        return (1, [student_knob(x) for x in name.split("-")[1:]])
-    return (2, [student_knob(x) for x in name.split("-")[1:]])
+    rank = 0 if name.startswith("edm") else 1 if name.startswith("ddim") else 2
+    return (rank, [student_knob(x) for x in name.split("-")[1:]])
 
 
 def student_knob(part: str) -> tuple[str, int]:
@@ -233,7 +227,7 @@ def main() -> int:
     if not args.report:
         if not data.exists():
             subprocess.check_call(make_demos(args.task, data), cwd=ROOT)
-        teacher = base / teacher_name(args.teacher_steps)
+        teacher = base / budget_name("edm", args.teacher_steps)
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
         student = student_name(args.student_steps, args.ode_steps, args.student_bins, args.teacher_steps,
                                args.student_seed)
@@ -243,7 +237,7 @@ def main() -> int:
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",
                   *knobs]),
-                ("ddim", baseline_name(args.baseline_steps), f"imitation/ddim_{suffix}", args.baseline_steps, [])]
+                ("ddim", budget_name("ddim", args.baseline_steps), f"imitation/ddim_{suffix}", args.baseline_steps, [])]
         for role, name, config, steps, extra in plan:
             run = base / name
             if role not in args.only or (run / "report.json").is_file():
