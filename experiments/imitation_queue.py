@@ -13,8 +13,8 @@
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
 `--only` gives them disjoint runs (the baseline needs no teacher: `--only edm student` next to `--only ddim`).
 
-Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image (agentview and
-eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
+Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image | can-image |
+square-image (agentview and eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
 and an interrupted one resumed. Each finished run's record (report.json, config.yaml, environment.json) is copied to
 results/records/imitation-<task>/<run>/ (committed), so the table regenerates, and finished runs are skipped, on a
@@ -46,8 +46,11 @@ TASK = {"lift": [],
         "can": ["task.name=can", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
         "square": ["task.name=square", "shape_meta.obs.object.shape=[14]", "task.rollout_horizon=400"],
         "lift-image": [],  # its own config files (*_lift_image.yaml): the observation keys differ
+        "can-image": ["task.name=can", "task.rollout_horizon=400"],  # the Lift image files: cameras + proprioception
+        "square-image": ["task.name=square", "task.rollout_horizon=400"],
         "pusht": []}  # Push-T has its own config files (*_pusht.yaml); rollout horizon 300 as Diffusion Policy
-CONFIG_SUFFIX = {"pusht": "pusht", "lift-image": "lift_image"}  # the rest use the Lift files + TASK overrides
+# the rest use the Lift files + TASK overrides (the image tasks: the Lift image files)
+CONFIG_SUFFIX = {"pusht": "pusht", "lift-image": "lift_image", "can-image": "lift_image", "square-image": "lift_image"}
 COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging.keep_every=0",
           "logging.checkpoint_every=250"]
 

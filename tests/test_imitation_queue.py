@@ -121,3 +121,19 @@ def test_a_finished_run_is_recorded_before_the_next_one_starts(queue, monkeypatc
     with pytest.raises(KeyboardInterrupt):
         queue.main()
     assert calls == ["edm", "ctmp"] and (records / "edm" / "report.json").is_file()
+
+
+@pytest.mark.parametrize("task", ["lift", "can", "square", "lift-image", "can-image", "square-image", "pusht"])
+def test_each_task_composes_its_three_configs(load_experiment, task):
+    """Every task's teacher, student and baseline configs load with the task's overrides: the image tasks see two
+    cameras, the robosuite tasks roll out in their own environment."""
+    from cleandiffuser.imitation.config import load_imitation_config
+    q = load_experiment("imitation_queue")
+    suffix = q.CONFIG_SUFFIX.get(task, "lift")
+    for kind in ("edm", "ctmp", "ddim"):
+        student = ["policy.teacher_path=runs/edm", "policy.edm=runs/edm"] if kind == "ctmp" else []
+        cfg = load_imitation_config(f"imitation/{kind}_{suffix}", ["task.dataset_path=x.hdf5", *q.TASK[task], *student])
+        rgb = [k for k, v in cfg.shape_meta.obs.items() if v.get("type") == "rgb"]
+        assert len(rgb) == (2 if task.endswith("-image") else 0), (task, kind, rgb)
+        if task != "pusht":
+            assert cfg.task.name == q.robosuite_task(task)[0]
