@@ -55,9 +55,9 @@ COMMON = ["training.online_rollouts=true", "training.eval_episodes=50", "logging
           "logging.checkpoint_every=250"]
 
 
-# student run-name parts: ctmp-5000-ode4-bins20-t20000-s1 (5,000 steps, policy.ode_steps_max=4, 20 bins, distilled
-# from the teacher edm-20000, training seed 1)
-KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps", "s": "seed"}
+# student run-name parts: ctmp-5000-ode4-bins20-t20000-drop0-s1 (5,000 steps, policy.ode_steps_max=4, 20 bins,
+# distilled from the teacher edm-20000, U-Net dropout 0 % instead of the paper's 20 %, training seed 1)
+KNOB_LABEL = {"ode": "ode_steps_max", "bins": "bins", "t": "teacher steps", "drop": "dropout %", "s": "seed"}
 RECORDS = ROOT / "results" / "records"
 
 
@@ -67,13 +67,14 @@ def budget_name(kind: str, steps: int) -> str:
 
 
 def student_name(steps: int, ode_steps: int = 1, bins: int | None = None, teacher_steps: int = STEPS["edm"],
-                 seed: int = 0) -> str:
+                 seed: int = 0, dropout_pct: int | None = None) -> str:
     """The student's run name: ctmp, plus -<steps> off the default budget, -ode<N>, -bins<N>, -t<teacher steps>,
-    -s<seed> off seed 0."""
+    -drop<percent> off the config's dropout, -s<seed> off seed 0."""
     name = budget_name("ctmp", steps)
     name += "" if ode_steps == 1 else f"-ode{ode_steps}"
     name += "" if bins is None else f"-bins{bins}"
     name += "" if teacher_steps == STEPS["edm"] else f"-t{teacher_steps}"
+    name += "" if dropout_pct is None else f"-drop{dropout_pct}"
     return name + ("" if seed == 0 else f"-s{seed}")
 
 
@@ -98,7 +99,8 @@ def row_run(line: str) -> str | None:
     knobs = dict(kv.rsplit(" ", 1) for kv in m[1].split(", ")) if m else {}
     by_label = {label: key for key, label in KNOB_LABEL.items()}
     kw = {by_label[k]: int(v) for k, v in knobs.items()}
-    return student_name(steps, kw.get("ode", 1), kw.get("bins"), kw.get("t", STEPS["edm"]), kw.get("s", 0))
+    return student_name(steps, kw.get("ode", 1), kw.get("bins"), kw.get("t", STEPS["edm"]), kw.get("s", 0),
+                        kw.get("drop"))
 
 
 def run_order(name: str) -> tuple:
@@ -219,6 +221,9 @@ def main() -> int:
     ap.add_argument("--student-seed", type=int, default=0,
                     help="the student's training seed (the teacher's stays 0, and so does the episode split); other "
                          "than 0 it trains as ctmp[...]-s<N>")
+    ap.add_argument("--student-dropout", type=int, default=None, metavar="PERCENT",
+                    help="the student U-Net's dropout in percent (policy.dropout; the paper's 20 by default); set, "
+                         "it trains as ctmp[...]-drop<PERCENT>")
     ap.add_argument("--baseline-steps", type=int, default=STEPS["ddim"],
                     help=f"the DDIM baseline's budget; other than {STEPS['ddim']} it trains as ddim-<steps> (match "
                          "--teacher-steps to compare at the teacher's budget)")
@@ -233,9 +238,10 @@ def main() -> int:
         teacher = base / budget_name("edm", args.teacher_steps)
         suffix = CONFIG_SUFFIX.get(args.task, "lift")
         student = student_name(args.student_steps, args.ode_steps, args.student_bins, args.teacher_steps,
-                               args.student_seed)
+                               args.student_seed, args.student_dropout)
         knobs = [] if args.student_bins is None else [f"policy.noise_scheduler.bins={args.student_bins}"]
         knobs += [] if args.student_seed == 0 else [f"seed={args.student_seed}"]
+        knobs += [] if args.student_dropout is None else [f"policy.dropout={args.student_dropout / 100}"]
         plan = [("edm", teacher.name, f"imitation/edm_{suffix}", args.teacher_steps, []),
                 ("student", student, f"imitation/ctmp_{suffix}", args.student_steps,
                  [f"policy.teacher_path={teacher}", f"policy.edm={teacher}", f"policy.ode_steps_max={args.ode_steps}",

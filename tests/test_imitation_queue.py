@@ -10,7 +10,7 @@ import pytest
 from cleandiffuser.runner.rundir import NOTES_MARKER
 
 STUDENTS = ["ctmp", "ctmp-5000", "ctmp-ode4", "ctmp-bins20", "ctmp-5000-ode4-bins20", "ctmp-ode4-t20000",
-            "ctmp-3000-ode20-bins20-t20000-s1"]
+            "ctmp-3000-ode20-bins20-t20000-s1", "ctmp-3000-ode20-bins20-t20000-drop0"]
 
 
 @pytest.fixture()
