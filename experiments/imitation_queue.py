@@ -9,6 +9,7 @@
     python experiments/imitation_queue.py --task pusht --teacher-steps 20000 --only edm  # a longer teacher, edm-20000
     python experiments/imitation_queue.py --task can --baseline-steps 20000 --only ddim  # DDIM at that budget
     python experiments/imitation_queue.py --task lift-image                 # Lift from two 84x84 cameras
+    python experiments/imitation_queue.py --summary   # results/imitation-summary.md: every task, one row each
 
 One queue per task at a time: runs are not locked, so two queues on one task would train the same run, unless
 `--only` gives them disjoint runs (the baseline needs no teacher: `--only edm student` next to `--only ddim`).
@@ -203,10 +204,76 @@ def write_table(task: str) -> str:
     return table
 
 
+# the summary's runs per task (teacher, baseline, student): Lift is solved at the default budgets; the harder tasks
+# take the 20,000-step teacher and baseline and the student docs/imitation.md recommends (3,000 steps, 20 bins, 20
+# teacher Heun steps per CTM target, no dropout)
+SUMMARY_TASKS = ("lift", "can", "square", "pusht", "lift-image", "can-image", "square-image")
+HARD_RECIPE = (budget_name("edm", 20000), budget_name("ddim", 20000), student_name(3000, 20, 20, 20000, 0, 0))
+SUMMARY_RUNS = {t: ("edm", "ddim", "ctmp") if t.startswith("lift") else HARD_RECIPE for t in SUMMARY_TASKS}
+# the summary's columns: (run index in SUMMARY_RUNS, the row's setting prefix, header)
+SUMMARY_COLUMNS = [(0, "heun bins=80", "EDM teacher, Heun 80 bins (NFE 159)"), (1, "ddim", "DDIM 15 steps"),
+                   (2, "1-step", "CP 1-step"), (2, "chain", "CP 3-step (chained)")]
+
+
+def table_cells(task: str) -> dict[tuple[str, str], dict[str, str]]:
+    """(run name, setting) -> the row's cells by column header, from the task's table results/imitation-<task>.md."""
+    header, cells = None, {}
+    for line in read_results_page(ROOT / "results" / f"imitation-{task}.md")[0].splitlines():
+        if not line.startswith("|"):
+            continue
+        row = [c.strip() for c in line.strip().strip("|").split("|")]
+        if header is None:
+            header = row
+        elif (name := row_run(line)) is not None:
+            setting = re.sub(r" \([^()]*\)$", "", row[0])  # the policy cell without a student's knobs
+            cells[(name, setting)] = dict(zip(header, row))
+    return cells
+
+
+def summary_cell(row: dict[str, str] | None, cover: bool) -> str:
+    if row is None:
+        return "not run"
+    score = row["max coverage (mean ± SE)"] + " cov." if cover else row["success (mean ± SE)"]
+    return f"{score}, {float(row['ms per chunk (batch 1)']):.1f} ms"
+
+
+def write_summary(out: Path | None = None) -> str:
+    """results/imitation-summary.md: the Consistency Policy paper's Table I in shape, one row per task, from the
+    per-task tables (their rows stay the source: a task's table must be regenerated first)."""
+    lines = ["| task | training steps (teacher / DDIM / student) | "
+             + " | ".join(h for *_, h in SUMMARY_COLUMNS) + " | 1-step speed-up |",
+             "|---|---|" + "---:|" * (len(SUMMARY_COLUMNS) + 1)]
+    for task in SUMMARY_TASKS:
+        cells, runs, cover = table_cells(task), SUMMARY_RUNS[task], task == "pusht"
+        found = [next((row for (name, setting), row in cells.items() if name == runs[i] and setting.startswith(prefix)),
+                      None) for i, prefix, _ in SUMMARY_COLUMNS]
+        steps = " / ".join(next((r["training steps"] for r, (j, *_) in zip(found, SUMMARY_COLUMNS) if j == i and r),
+                                "-") for i in range(3))
+        ms = [float(r["ms per chunk (batch 1)"]) if r else None for r in found]
+        speedup = f"{ms[0] / ms[2]:.0f}x" if ms[0] and ms[2] else "-"
+        lines.append(f"| {task}{' (coverage)' if cover else ''} | {steps} | "
+                     + " | ".join(summary_cell(r, cover) for r in found) + f" | {speedup} |")
+    table = "\n".join(lines)
+    recipe = ", ".join(HARD_RECIPE)
+    write_results_page(out or ROOT / "results" / "imitation-summary.md",
+                       "# Imitation: Consistency Policy against its teacher and DDIM (the paper's Table I in shape)\n\n"
+                       "Command: `python experiments/imitation_queue.py --summary` (it reads the per-task tables "
+                       "results/imitation-<task>.md, where each row's run, budget, rollouts and validation error are). "
+                       "Success rate ± standard error over 50 rollouts (Push-T: mean max coverage ± SE; its success "
+                       "rates are in its table), and milliseconds per predicted chunk at batch 1 on this CPU (one "
+                       "thread, timed at the end of each run while another job shared the machine: they order the "
+                       "policies). Runs: Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
+                       f"{recipe}. 'not run': that run is not finished yet.\n\n{table}\n")
+    print(table)
+    return table
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--task", choices=sorted(TASK), default="lift")
     ap.add_argument("--report", action="store_true")
+    ap.add_argument("--summary", action="store_true",
+                    help="write results/imitation-summary.md from the tasks' tables (run nothing)")
     ap.add_argument("--student-steps", type=int, default=STEPS["ctmp"],
                     help=f"Consistency Policy student budget; other than {STEPS['ctmp']} it trains as ctmp-<steps>")
     ap.add_argument("--ode-steps", type=int, default=1,
@@ -230,6 +297,9 @@ def main() -> int:
     ap.add_argument("--only", nargs="+", choices=("edm", "student", "ddim"), default=("edm", "student", "ddim"),
                     help="train only these runs (edm = the teacher; the student needs a finished teacher)")
     args = ap.parse_args()
+    if args.summary:
+        write_summary()
+        return 0
     base = ROOT / "runs" / "experiments" / f"imitation-{args.task}"
     data = dataset(args.task)
     if not args.report:

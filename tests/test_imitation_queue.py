@@ -70,6 +70,22 @@ def test_table_keeps_unrecorded_rows_and_regenerates_from_records(queue):
     assert queue.write_table("can") == table
 
 
+
+def test_summary_takes_each_tasks_recipe_runs_from_its_table(queue):
+    teacher, baseline, student = queue.HARD_RECIPE
+    base = queue.ROOT / "runs" / "experiments" / "imitation-can"
+    finish(base / teacher, report(teacher, 20000, 0.88))
+    finish(base / baseline, report(baseline, 20000, 0.72))
+    finish(base / student, report(student, 3000, 0.84))
+    finish(base / "ctmp-6000-ode20-bins20-t20000", report("ctmp-6000-ode20-bins20-t20000", 6000, 0.1))  # not the recipe
+    queue.write_table("can")
+    (base / teacher / "report.json").write_text(json.dumps(report(teacher, 20000, 0.5)))  # the table is the source
+    rows = {ln.split("|")[1].split()[0]: ln for ln in queue.write_summary().splitlines()[2:]}
+    assert rows["can"] == ("| can | 20,000 / 20,000 / 3,000 | 0.88 ± 0.05, 9.0 ms | 0.72 ± 0.05, 9.0 ms | "
+                           "0.84 ± 0.05, 9.0 ms | 0.84 ± 0.05, 9.0 ms | 1x |")
+    assert rows["square"].count("not run") == 4 and list(rows) == list(queue.SUMMARY_TASKS)
+    assert "| can | 20,000" in (queue.ROOT / "results" / "imitation-summary.md").read_text()
+
 def test_recorded_runs_are_skipped_unless_a_student_needs_the_teacher(queue, monkeypatch):
     calls, commands = [], []
 
