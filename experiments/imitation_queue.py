@@ -262,7 +262,7 @@ def write_summary(out: Path | None = None) -> str:
                        "Success rate ± standard error over 50 rollouts (Push-T: mean max coverage ± SE; its success "
                        "rates are in its table), and milliseconds per predicted chunk at batch 1 on this CPU (one "
                        "thread, timed at the end of each run while another job shared the machine: they order the "
-                       "policies). Runs: Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
+                       "policies; results/bench_imitation.md times them back to back on a quiet machine). Runs: Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
                        f"{recipe}. 'not run': that run is not finished yet.\n\n{table}\n")
     print(table)
     return table
