@@ -15,7 +15,8 @@ One queue per task at a time: runs are not locked, so two queues on one task wou
 `--only` gives them disjoint runs (the baseline needs no teacher: `--only edm student` next to `--only ddim`).
 
 Tasks: robosuite lift | can | square (robomimic-format HDF5, low-dim observations), lift-image | can-image |
-square-image (agentview and eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T (pusht, Diffusion Policy zarr).
+square-image (agentview and eye-in-hand images plus proprioception, the *_lift_image.yaml configs) and Push-T
+(pusht, Diffusion Policy zarr).
 Runs go to runs/experiments/imitation-<task>/{edm,ctmp,ddim}; a finished run (report.json) is skipped
 and an interrupted one resumed. Each finished run's record (report.json, config.yaml, environment.json) is copied to
 results/records/imitation-<task>/<run>/ (committed), so the table regenerates, and finished runs are skipped, on a
@@ -262,7 +263,8 @@ def write_summary(out: Path | None = None) -> str:
                        "Success rate ± standard error over 50 rollouts (Push-T: mean max coverage ± SE; its success "
                        "rates are in its table), and milliseconds per predicted chunk at batch 1 on this CPU (one "
                        "thread, timed at the end of each run while another job shared the machine: they order the "
-                       "policies; results/bench_imitation.md times them back to back on a quiet machine). Runs: Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
+                       "policies; results/bench_imitation.md times them back to back on a quiet machine). Runs: "
+                       "Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
                        f"{recipe}. 'not run': that run is not finished yet.\n\n{table}\n")
     print(table)
     return table
