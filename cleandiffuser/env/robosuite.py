@@ -20,7 +20,8 @@ Observations follow robomimic: ``object`` (robosuite's ``object-state``), ``robo
 :data:`LOW_DIM_KEYS`; with ``images=True`` also ``agentview_image`` and
 ``robot0_eye_in_hand_image`` (uint8 (84, 84, 3), upright as robomimic stores them; robosuite
 renders them upside down). Offscreen rendering needs EGL (robosuite picks ``MUJOCO_GL=egl`` on Linux); without a
-GPU Mesa's software renderer does it at ~0.1 s per 84x84 frame and camera.
+GPU Mesa's software renderer takes 40-60 ms per 84x84 camera image, ~95% of a two-camera step
+(results/bench_render.md).
 
 Each demo stores its MJCF (``model_file``, as robomimic does: e.g. Lift's cube size is
 re-drawn every episode); :func:`reset_to` / :func:`replay_demo` use it. Open-loop replay of the
