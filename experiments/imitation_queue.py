@@ -265,7 +265,7 @@ def write_summary(out: Path | None = None) -> str:
                        "thread, timed at the end of each run while another job shared the machine: they order the "
                        "policies; results/bench_imitation.md times them back to back on a quiet machine). Runs: "
                        "Lift and Lift-image at the default budgets (edm, ddim, ctmp); the other tasks "
-                       f"{recipe}. 'not run': that run is not finished yet.\n\n{table}\n")
+                       f"{recipe}. 'not run': no finished run is on record (the task's page says why).\n\n{table}\n")
     print(table)
     return table
 
