@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 
 from ..nn_condition.base import BaseNNCondition
-from ..serialization import (RecordsInit, build_from_config, flatten_state, load_checkpoint,
+from ..serialization import (CheckpointError, RecordsInit, build_from_config, flatten_state, load_checkpoint,
                              save_checkpoint, unflatten_state)
 from .sampling import solve, solver_nfe
 
@@ -459,12 +459,18 @@ class DiffusionModel(RecordsInit, nn.Module):
 def load_model(path, device: str | torch.device | None = None, **overrides) -> DiffusionModel:
     """Rebuild a model from its checkpoint alone (networks included) and load its weights."""
     _, meta = load_checkpoint(path)
+    kind = meta.get("format")
+    if isinstance(kind, str):  # a trainer's run or policy checkpoint ("cleandiffuser-run/1"), not one model's
+        raise CheckpointError(f"{path} is a {kind!r} checkpoint (a whole run), not one model's: load it with "
+                              "cleandiffuser.runner.load_agent (offline RL) or cleandiffuser.imitation.get_policy")
     config = meta.get("config")
     if config is None:
-        raise ValueError(f"{path} does not record how to rebuild its model (a constructor argument was not "
-                         "JSON-serializable); build the model yourself and call .load(path)")
+        raise CheckpointError(f"{path} does not record how to rebuild its model (a constructor argument was not "
+                              "JSON-serializable); build the model yourself and call .load(path)")
+    if not isinstance(config, dict) or not isinstance(config.get("kwargs"), dict):
+        raise CheckpointError(f"{path}: its 'config' entry is not {{'__class__': ..., 'kwargs': {{...}}}}")
     config = copy.deepcopy(config)
     if device is not None:
         config["kwargs"]["device"] = str(device)
     config["kwargs"].update(overrides)
-    return build_from_config(config).load(path)
+    return build_from_config(config, source=str(path)).load(path)
