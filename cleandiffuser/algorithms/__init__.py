@@ -8,11 +8,12 @@ from .base import Agent
 from .dbc import DBCAgent
 from .dql import DQLAgent
 from .edp import EDPAgent
+from .fql import FQLAgent
 from .idql import ACTOR_KINDS, IDQLAgent, make_idql_actor
 from .iql import GaussianActor, IQLAgent, IQLCritic
 
 ALGORITHMS: dict[str, type[Agent]] = {"iql": IQLAgent, "idql": IDQLAgent, "dql": DQLAgent, "edp": EDPAgent,
-                                      "dbc": DBCAgent}
+                                      "dbc": DBCAgent, "fql": FQLAgent}
 
-__all__ = ["ACTOR_KINDS", "ALGORITHMS", "Agent", "DBCAgent", "DQLAgent", "EDPAgent", "GaussianActor", "IDQLAgent",
+__all__ = ["ACTOR_KINDS", "ALGORITHMS", "Agent", "DBCAgent", "DQLAgent", "EDPAgent", "FQLAgent", "GaussianActor", "IDQLAgent",
            "IQLAgent", "IQLCritic", "make_idql_actor"]
