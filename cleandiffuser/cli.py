@@ -60,11 +60,10 @@ def _demo(args) -> int:
 
 
 def _train(args) -> int:
-    from omegaconf import OmegaConf
-
     from .dataset import DatasetFormatError, UnknownDatasetError
     from .runner import ConfigError, format_table, load_config, train
-    from .runner.config import apply_overrides, check_config
+    from .runner.config import apply_overrides, check_config, read_yaml
+    from .runner.guards import NonFiniteLossError
     overrides = list(args.overrides)
     if args.algo is not None and "=" in args.algo:  # `train --config-name X key=value`: no algo given
         overrides.insert(0, args.algo)
@@ -85,7 +84,12 @@ def _train(args) -> int:
             path = os.path.join(args.resume, "config.yaml")
             if not os.path.isfile(path):
                 raise FileNotFoundError(f"cannot resume: {path} not found (is {args.resume} a run directory?)")
-            cfg = apply_overrides(OmegaConf.load(path), overrides, source=path)
+            recorded = read_yaml(path)
+            cfg = apply_overrides(recorded.copy(), overrides, source=path)
+            if cfg.get("algo") != recorded.get("algo"):  # its checkpoint holds that algorithm's agent
+                raise ConfigError(f"cannot resume {args.resume} as algo={cfg.get('algo')}: it is an "
+                                  f"{recorded.get('algo')!r} run; start a new run (another --run-dir) for another "
+                                  "algorithm")
             check_config(cfg, path)
             run_dir, resume = args.resume, True
         else:
@@ -98,8 +102,10 @@ def _train(args) -> int:
             run_dir, resume = args.run_dir, False
         report = train(cfg, run_dir=run_dir, resume=resume, progress=not args.no_progress)
     except (ConfigError, FileNotFoundError, FileExistsError, UnknownDatasetError, DatasetFormatError) as e:
+        return _usage_error(e)  # FileExistsError includes RunLockedError: another process trains there
+    except NonFiniteLossError as e:  # the training diverged: a failed run, not a usage error
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return 1
     if report:
         print("\n" + format_table(report))
         print(f"\nrun directory: {report['run_dir']}\ncheckpoint: {report['checkpoint']}")
@@ -109,19 +115,20 @@ def _train(args) -> int:
 
 
 def _is_imitation(args) -> bool:
-    """Imitation configs live in configs/imitation/ and have a `policy` section; offline RL's have `algo`."""
+    """Imitation configs live in configs/imitation/ and have a `policy` section; offline RL's have `algo`.
+    A config file that is not valid YAML raises ConfigError naming it."""
+    from .runner.config import read_yaml
+
     if args.resume is not None:
         path = os.path.join(args.resume, "config.yaml")
         if not os.path.isfile(path):
             return False
-        from omegaconf import OmegaConf
-        return "policy" in OmegaConf.load(path)
+        return "policy" in read_yaml(path)
     name = args.config_name or args.algo or ""
     if name.startswith("imitation/"):
         return True
     if name.endswith((".yaml", ".yml")) and os.path.isfile(name):
-        from omegaconf import OmegaConf
-        return "policy" in OmegaConf.load(name)
+        return "policy" in read_yaml(name)
     return False
 
 
@@ -232,7 +239,30 @@ def main(argv: list[str] | None = None) -> int:
         if args.command not in ("train", "eval") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    return args.func(args)
+    try:
+        return args.func(args)
+    except Exception as e:
+        if not isinstance(e, _usage_error_types()):
+            raise  # a bug: keep its traceback
+        return _usage_error(e)
+
+
+def _usage_error_types() -> tuple[type[Exception], ...]:
+    """Exceptions that mean the command was given something unusable (a config, a data file, a checkpoint, a
+    path), raised with a message that names it. The CLI prints that message and exits 2; any other exception
+    is a bug and keeps its traceback."""
+    from .dataset import DatasetFormatError, UnknownDatasetError
+    from .runner.config import ConfigError
+    from .serialization import CheckpointError
+
+    return (ConfigError, DatasetFormatError, UnknownDatasetError, CheckpointError, FileNotFoundError,
+            FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError)
+
+
+def _usage_error(error: Exception) -> int:
+    """Print `error: <message>` as one line on stderr; returns the exit code 2."""
+    print("error: " + " ".join(str(error).split()), file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -110,3 +110,12 @@ def test_yaml_defaults_build():
 def test_from_config_rejects_unknown_keys_and_bad_values(cfg, match):
     with pytest.raises(ValueError, match=match):
         FQLAgent.from_config(3, 2, cfg, steps=10)
+
+
+@pytest.mark.parametrize("override, key", [("agent.alpha=nan", "agent.alpha"), ("agent.q_agg=max", "agent.q_agg"),
+                                           ("agent.flow_steps=0", "agent.flow_steps")])
+def test_run_config_checks_fql_values_before_any_work(override, key):
+    from cleandiffuser.runner import load_config
+    from cleandiffuser.runner.config import ConfigError, check_config
+    with pytest.raises(ConfigError, match=key):
+        check_config(load_config("fql", [override]))

@@ -156,8 +156,8 @@ def test_bad_configs_and_paths_give_clear_errors(tiny_dataset, tmp_path, capsys)
                  "--no-progress", *TINY]) == 2
     assert "missing.hdf5" in capsys.readouterr().err
     assert not (tmp_path / "y").exists()
-    for bad, says in (("agent.actor=ddim", "agent.actor='ddim' is not one of"),
-                      ("agent.num_candidates=0", "num_candidates must be >= 1")):  # a message, not a traceback
+    for bad, says in (("agent.actor=ddim", "agent.actor='ddim' is not one of"),  # a message, not a traceback
+                      ("agent.num_candidates=0", "agent.num_candidates must be a positive integer")):
         assert main(["train", "idql", "--dataset", tiny_dataset, "--run-dir", str(tmp_path / "z"), "--no-progress",
                      *TINY, bad]) == 2
         assert says in capsys.readouterr().err

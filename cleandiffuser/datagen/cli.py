@@ -97,9 +97,11 @@ def _print_info(source, as_json: bool = False) -> None:
 
 
 def _info(args) -> int:
+    from ..dataset import DatasetFormatError
+
     try:
         _print_info(args.source, args.json)
-    except (FileNotFoundError, LookupError) as e:
+    except (FileNotFoundError, LookupError, DatasetFormatError) as e:  # a missing, unknown or malformed dataset
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

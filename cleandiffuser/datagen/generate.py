@@ -27,6 +27,7 @@ import numpy as np
 
 from ..dataset import read_d4rl_hdf5, write_d4rl_hdf5
 from ..dataset.sources import resolve_source
+from ..runner.lock import file_lock, lock_path_for
 from .policy import NumpyActor, file_sha256, load_actor_snapshot, same_snapshot
 from .registry import ENVS, dataset_path, parse_dataset_name
 
@@ -276,17 +277,32 @@ def _selection(env: str, run_dir: Path) -> dict:
 
 def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, run_dir=None, policy=None,
                  progress: bool = True, command: str | None = None, force: bool = False, from_rerun: bool = False,
-                 log=print) -> Path:
+                 log=print, wait: bool = False) -> Path:
     """Build the named generated dataset (see :mod:`cleandiffuser.datagen.registry`) at
     ``out`` (default: its place in the data dir). ``policy`` (a snapshot file) overrides
     the snapshot chosen from the behaviour run ``run_dir`` (default
     ``runs/behaviour/ENV``) for medium/expert. ``from_rerun`` lets medium-replay come from a SAC run that did not
-    make the shipped medium snapshot (a rerun of it), cut at the same env step. Returns the path."""
+    make the shipped medium snapshot (a rerun of it), cut at the same env step. Returns the path.
+
+    One process at a time makes a file: a lock beside it (``.NAME.lock``) is held from the existence check to
+    the written file. When another process holds it, this one is refused (RunLockedError), or with ``wait``
+    waits for it and then returns the file it made (an existing file is returned as it is, with ``wait``)."""
+    parse_dataset_name(name)  # an unknown name is an error before anything is created
+    out = Path(out) if out is not None else dataset_path(name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock_path_for(out), out, "making this dataset", wait=wait):
+        if out.exists() and not force:
+            if wait:
+                return out
+            raise FileExistsError(f"{out} exists (use --force to regenerate it)")
+        return _make_dataset(name, out, seed, steps, run_dir, policy, progress, command, from_rerun, log)
+
+
+def _make_dataset(name: str, out: Path, seed: int, steps: int | None, run_dir, policy, progress: bool,
+                  command: str | None, from_rerun: bool, log) -> Path:
+    """make_dataset's work, under the file's lock."""
     env, kind = parse_dataset_name(name)
     env_id = ENVS[env]
-    out = Path(out) if out is not None else dataset_path(name)
-    if out.exists() and not force:
-        raise FileExistsError(f"{out} exists (use --force to regenerate it)")
     say = log or (lambda s: None)
     n = int(steps) if steps is not None else DEFAULT_STEPS
     run_dir_given = run_dir is not None
@@ -357,7 +373,7 @@ def make_dataset(name: str, out=None, seed: int = 0, steps: int | None = None, r
         if not sub_path.is_file():
             say(f"{sub_name} is needed first; making it at {sub_path}")
             make_dataset(sub_name, sub_path, seed, steps, run_dir if run_dir_given else None, None, progress,
-                         command, False, log)
+                         command, force=False, log=log, wait=True)  # another process making it: use its file
         parts.append((sub_name, sub_path, read_d4rl_hdf5(sub_path)))
     keys = ("observations", "actions", "rewards", "terminals", "timeouts", "next_observations")
     data = {k: np.concatenate([p[2][k] for p in parts]) for k in keys}

@@ -174,7 +174,8 @@ def _flatten(d: Mapping, prefix: str = "") -> dict:
 
 
 # --------------------------------------------------------------------------- conversion
-def qlearning_from_arrays(data: Mapping[str, np.ndarray], terminate_on_end: bool = False) -> dict:
+def qlearning_from_arrays(data: Mapping[str, np.ndarray], terminate_on_end: bool = False,
+                          file="<in-memory data>") -> dict:
     """D4RL ``qlearning_dataset`` on validated arrays.
 
     * A row whose ``timeouts`` flag is set is dropped (unless ``terminate_on_end``).
@@ -183,7 +184,7 @@ def qlearning_from_arrays(data: Mapping[str, np.ndarray], terminate_on_end: bool
       (which has no successor) is dropped, as D4RL does.
 
     Returns ``observations, actions, next_observations, rewards, terminals`` as float32
-    (terminals 0./1.).
+    (terminals 0./1.). Raises DatasetFormatError naming ``file`` when no row is left.
     """
     obs = data["observations"]
     n = obs.shape[0]
@@ -197,6 +198,8 @@ def qlearning_from_arrays(data: Mapping[str, np.ndarray], terminate_on_end: bool
         keep = keep.copy()
         keep[-1] = False
     idx = np.flatnonzero(keep)
+    if idx.size == 0:
+        _no_transitions(file, data, terminate_on_end)
     return {
         "observations": np.ascontiguousarray(obs[idx], dtype=np.float32),
         "actions": np.ascontiguousarray(data["actions"][idx], dtype=np.float32),
@@ -204,6 +207,19 @@ def qlearning_from_arrays(data: Mapping[str, np.ndarray], terminate_on_end: bool
         "rewards": np.ascontiguousarray(data["rewards"][idx], dtype=np.float32),
         "terminals": data["terminals"][idx].astype(np.float32),
     }
+
+
+def _no_transitions(file, data: Mapping[str, np.ndarray], terminate_on_end: bool) -> None:
+    """Raise the error for data that leaves no transition to train on, saying why."""
+    n = data["observations"].shape[0]
+    timeouts = int(np.count_nonzero(data["timeouts"]))
+    reasons = []
+    if not terminate_on_end and timeouts:
+        reasons.append(f"{timeouts} of them timeouts (dropped: their next observation is not in the data)")
+    if "next_observations" not in data:
+        reasons.append("the last row has no successor (the file has no next_observations)")
+    raise DatasetFormatError(file, "observations", f"no usable transitions: {n} row(s), "
+                             + "; ".join(reasons) + "; a dataset needs at least one step with a next observation")
 
 
 def episodes_from_arrays(data: Mapping[str, Any]) -> list[dict]:
@@ -233,7 +249,7 @@ def episodes_from_arrays(data: Mapping[str, Any]) -> list[dict]:
 
 def d4rl_qlearning_dataset(path, terminate_on_end: bool = False) -> dict:
     """``qlearning_dataset`` of a D4RL HDF5 file (see :func:`qlearning_from_arrays`)."""
-    return qlearning_from_arrays(read_d4rl_hdf5(path), terminate_on_end=terminate_on_end)
+    return qlearning_from_arrays(read_d4rl_hdf5(path), terminate_on_end=terminate_on_end, file=path)
 
 
 def d4rl_episodes(path) -> list[dict]:

@@ -280,6 +280,9 @@ def minari_qlearning_dataset(source) -> dict:
     """All steps of all episodes as a D4RL-style qlearning dict (float32 arrays:
     observations, actions, next_observations, rewards, terminals)."""
     eps = [ep for ep in minari_episodes(source)]
+    if sum(len(ep["actions"]) for ep in eps) == 0:
+        raise DatasetFormatError(resolve_minari_path(source), "actions",
+                                 f"no usable transitions: its {len(eps)} episode(s) have no steps")
     cat = lambda k: np.concatenate([ep[k] for ep in eps], axis=0)  # noqa: E731
     return {
         "observations": cat("observations").astype(np.float32, copy=False),

@@ -100,8 +100,13 @@ def _check_numeric(path, key: str, arr: np.ndarray) -> None:
     if arr.dtype.kind not in "biuf":
         raise DatasetFormatError(path, key, f"has dtype {arr.dtype}; expected a numeric (or bool) array")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        row = int(np.argwhere(~np.isfinite(arr.reshape(arr.shape[0], -1)).any(axis=1))[0, 0])
-        raise DatasetFormatError(path, key, f"contains NaN/inf (first at index {row})")
+        # the first row with any non-finite entry (not only rows that are entirely NaN/inf)
+        rows = arr.reshape(arr.shape[0], -1)
+        bad = ~np.isfinite(rows)
+        row, column = (int(i) for i in np.argwhere(bad)[0])
+        where = f"row {row}" + (f", entry {column} of that row" if bad.shape[1] > 1 else "")
+        raise DatasetFormatError(path, key, f"contains NaN/inf (first at {where}: {rows[row, column]}; "
+                                 f"{int(bad.sum())} non-finite value(s) in total)")
 
 
 def _prepare_demo(path, i: int, demo: Mapping[str, Any], ref: dict | None) -> dict:

@@ -150,7 +150,7 @@ def qlearning_dataset(source: Source, terminate_on_end: bool = False) -> dict:
     kind, path = resolve_source(source)
     if kind == "minari":
         return minari_qlearning_dataset(path)
-    return qlearning_from_arrays(read_d4rl_hdf5(path), terminate_on_end=terminate_on_end)
+    return qlearning_from_arrays(read_d4rl_hdf5(path), terminate_on_end=terminate_on_end, file=path)
 
 
 def load_episodes(source: Source) -> list[dict]:

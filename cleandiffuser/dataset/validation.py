@@ -101,7 +101,8 @@ def check_array(
     ndim: int | Sequence[int],
     finite: bool = True,
 ) -> np.ndarray:
-    """Validate dtype kind, number of dimensions, finiteness and 0/1 values of flags.
+    """Validate dtype kind, number of dimensions, finiteness (``finite``: also once cast to float32, what the
+    readers return) and 0/1 values of flags.
 
     Returns ``arr`` unchanged so it can be used inline.
     """
@@ -118,9 +119,7 @@ def check_array(
     if finite and arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         if bad.any():
-            rows = bad.reshape(arr.shape[0], -1).any(axis=1) if arr.ndim > 0 else bad.reshape(1)
-            row = int(np.argmax(rows))
-            elem = tuple(int(i) for i in np.argwhere(bad)[0])
+            row, elem = _first_bad(arr, bad)
             value = arr[elem] if arr.ndim > 0 else arr[()]
             what = "NaN" if np.isnan(value) else ("inf" if value > 0 else "-inf")
             raise DatasetFormatError(
@@ -130,6 +129,7 @@ def check_array(
                 + (f", element {elem}" if arr.ndim > 1 else "")
                 + f"; {int(bad.sum())} non-finite value(s) in total)",
             )
+        _check_fits_float32(file, key, arr)
     if kind == "flag" and arr.dtype.kind != "b":
         bad = (arr != 0) & (arr != 1)
         if bad.any():
@@ -138,6 +138,35 @@ def check_array(
                 file, key, f"must hold only 0/1 (or booleans); found {arr.reshape(arr.shape[0], -1)[idx]} at index {idx}"
             )
     return arr
+
+
+def _first_bad(arr: np.ndarray, bad: np.ndarray) -> tuple[int, tuple]:
+    """(row, full index) of the first True of the mask `bad` over `arr`."""
+    if arr.ndim == 0:
+        return 0, ()
+    elem = tuple(int(i) for i in np.argwhere(bad)[0])
+    return elem[0], elem
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _check_fits_float32(file, key: str, arr: np.ndarray) -> None:
+    """Wider floats must fit float32, the dtype the readers return and training uses: a finite float64 such
+    as 1e39 would silently become inf there."""
+    if arr.dtype.itemsize <= 4:
+        return
+    too_big = np.abs(arr) > _FLOAT32_MAX
+    if too_big.any():
+        row, elem = _first_bad(arr, too_big)
+        raise DatasetFormatError(
+            file,
+            key,
+            f"has {arr.dtype} value {float(arr[elem]):.6g} at index {row}"
+            + (f", element {elem}" if arr.ndim > 1 else "")
+            + f", beyond float32's range (|x| <= {_FLOAT32_MAX:.4g}) that training uses; "
+            f"{int(too_big.sum())} such value(s) in total",
+        )
 
 
 def check_same_length(file, arrays: Mapping[str, np.ndarray], expected: Mapping[str, int] | None = None) -> int:

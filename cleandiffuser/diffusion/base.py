@@ -430,6 +430,7 @@ class DiffusionModel(RecordsInit, nn.Module):
         for part, module in (("model.", self.model), ("model_ema.", self.model_ema)):
             head = prefix + part
             state = {k[len(head):]: v for k, v in tensors.items() if k.startswith(head)}
+            _check_shapes(module, state, source)
             missing, unexpected = module.load_state_dict(state, strict=False)
             if missing or unexpected:
                 raise ValueError(f"{source} does not match the networks: missing {missing}, "
@@ -454,6 +455,18 @@ class DiffusionModel(RecordsInit, nn.Module):
         if restore_rng:
             torch.set_rng_state(tensors["rng.torch"])
         return self
+
+
+def _check_shapes(module: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """CheckpointError listing the tensors whose shapes differ between a checkpoint and the network (another
+    network size), instead of load_state_dict's multi-line RuntimeError."""
+    ours = module.state_dict()
+    differ = [f"{k} {tuple(v.shape)} vs {tuple(ours[k].shape)}" for k, v in state.items()
+              if k in ours and v.shape != ours[k].shape]
+    if differ:
+        more = f" and {len(differ) - 3} more" if len(differ) > 3 else ""
+        raise CheckpointError(f"{source} was saved from networks of another size (checkpoint vs model shapes: "
+                              f"{'; '.join(differ[:3])}{more}); build the model with the checkpoint's settings")
 
 
 def load_model(path, device: str | torch.device | None = None, **overrides) -> DiffusionModel:

@@ -9,7 +9,8 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from ..runner.config import ConfigError, _load_file, apply_overrides, config_path
+from ..runner.config import NON_NEGATIVE, POSITIVE, ConfigError, _load_file, apply_overrides, config_path
+from ..runner.rules import Integer, ListOf, Number, first_violation
 from .encoder import parse_shape_meta
 from .policy import (
     BACKBONES,
@@ -31,6 +32,39 @@ REQUIRED_KEYS = ("seed", "device", "precision", "task", "shape_meta", "horizon",
 TRAINING_INTS = {"steps": 1, "batch_size": 1, "val_every": 0, "val_windows": 0, "rollout_every": 0,
                  "rollout_episodes": 0, "eval_episodes": 0, "latency_repeats": 0, "rollout_seed": 0}
 LOGGING_INTS = {"log_every": 0, "checkpoint_every": 0, "keep_every": 0}
+#: type and range of the numeric settings (policy and optimizer keys after their code defaults are merged in)
+NUMERIC_RULES = {
+    "seed": Integer(0, 2 ** 32 - 1),
+    "task.rollout_horizon": Integer(1, nullable=True, note="null: the task's default"),
+    "task.split_seed": Integer(0, 2 ** 32 - 1),
+    "task.max_episodes": Integer(1, nullable=True, note="null: all"),
+    "policy.diffusion_step_embed_dim": Integer(1),
+    "policy.down_dims": ListOf(Integer(1)),
+    "policy.kernel_size": Integer(1),
+    "policy.n_groups": Integer(1),
+    "policy.dropout": Number(0, 1, high_open=True),
+    "policy.ema_rate": Number(0, 1),
+    "policy.obs_encoder.mlp": ListOf(Integer(1), min_len=0, nullable=True),
+    "policy.obs_encoder.feature_dim": Integer(1),
+    "policy.obs_encoder.image_emb_dim": Integer(1),
+    "policy.obs_encoder.crop_size": ListOf(Integer(1), min_len=2, max_len=2),
+    "policy.obs_encoder.resnet_width": POSITIVE,
+    "policy.obs_encoder.num_kp": Integer(1),
+    "policy.noise_scheduler.sigma_data": POSITIVE,
+    "policy.noise_scheduler.sigma_min": POSITIVE,
+    "policy.noise_scheduler.sigma_max": POSITIVE,
+    "policy.noise_scheduler.rho": POSITIVE,
+    "policy.noise_scheduler.P_mean": Number(),
+    "policy.noise_scheduler.P_std": POSITIVE,
+    "policy.losses.dsm": NON_NEGATIVE,
+    "policy.losses.ctm": NON_NEGATIVE,
+    "policy.ode_steps_max": Integer(1),
+    "optimizer.lr": POSITIVE,
+    "optimizer.betas": ListOf(Number(0, 1, high_open=True), min_len=2, max_len=2),
+    "optimizer.weight_decay": NON_NEGATIVE,
+    "optimizer.lr_warmup_steps": Integer(0),
+    "optimizer.grad_clip_norm": Number(0, low_open=True, nullable=True, note="null: no clipping"),
+}
 
 
 def load_imitation_config(name: str | os.PathLike, overrides=()) -> DictConfig:
@@ -65,6 +99,14 @@ def check_imitation_config(cfg: DictConfig, source: str = "config") -> None:
         optim = merge_section(DEFAULT_OPTIMIZER, cfg.optimizer, "optimizer")
     except ValueError as e:
         raise ConfigError(f"{source}: {e}") from None
+    problem = first_violation({"seed": cfg.seed, "task": cfg.task, "policy": policy, "optimizer": optim},
+                              NUMERIC_RULES)
+    if problem:
+        raise ConfigError(problem)
+    sigmas = policy["noise_scheduler"]
+    if sigmas["sigma_min"] >= sigmas["sigma_max"]:
+        raise ConfigError(f"policy.noise_scheduler.sigma_min={sigmas['sigma_min']} must be below "
+                          f"policy.noise_scheduler.sigma_max={sigmas['sigma_max']}")
     horizon = _int(cfg.horizon, "horizon", 1)
     to = _int(cfg.n_obs_steps, "n_obs_steps", 1)
     ta = _int(cfg.n_action_steps, "n_action_steps", 1)

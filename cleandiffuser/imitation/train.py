@@ -33,14 +33,18 @@ from ..dataset.robomimic_format import read_robomimic_hdf5
 from ..dataset.validation import DatasetFormatError
 from ..dataset.zarr_format import read_zarr_replay
 from ..runner.config import ConfigError, _load_file, apply_overrides
+from ..runner.guards import NonFiniteLossError, check_finite_losses, check_resume_config
+from ..runner.lock import RunDirLock
 from ..runner.offline import (
     RunLog,
     _rng_state,
     _set_rng_state,
     environment_info,
+    log_window_state,
     resolve_device,
+    restore_log_window,
 )
-from ..runner.rundir import latest_checkpoint
+from ..runner.rundir import latest_checkpoint, remove_stale_temp_files
 from .checkpoint import load_policy_state, read_policy_checkpoint, save_policy
 from .config import check_imitation_config, load_imitation_config
 from .encoder import parse_shape_meta
@@ -59,6 +63,15 @@ __all__ = [
     "train_imitation",
     "validation_mse",
 ]
+
+# What a resume must keep as the checkpoint recorded it: the data and its split, the seed, the observation and
+# action layout, and the policy and optimizer (what shaped the weights) ...
+RESUME_FIXED_KEYS = ("seed", "task.dataset_path", "task.val_ratio", "task.split_seed", "task.max_episodes",
+                     "task.abs_action", "task.rotation_rep", "shape_meta", "horizon", "n_obs_steps", "n_action_steps",
+                     "dataset", "policy", "optimizer")
+# ... except the policy settings that only apply at inference
+INFERENCE_ONLY_POLICY_KEYS = ("policy.chaining_times", "policy.num_inference_steps")
+
 
 # ---------------------------------------------------------------------------- data
 class ImitationData:
@@ -182,12 +195,15 @@ class _Csv:
 
 # ---------------------------------------------------------------------------- checkpoints
 def _save_run_checkpoint(path, policy: ChunkPolicy, sampler, cfg: DictConfig, step: int,
-                         train_seconds: float = 0.0) -> None:
-    """`train_seconds`: training wall time up to `step`, summed over every session of the run."""
+                         train_seconds: float = 0.0, log_window: dict | None = None) -> None:
+    """`train_seconds`: training wall time up to `step`, summed over every session of the run; `log_window`: the
+    log row in progress (runner.offline.log_window_state), so that a resumed run logs the same row."""
     rng_tensors, rng_meta = _rng_state()
     extra = {"sampler/generator": sampler.generator.get_state(), **rng_tensors}
-    save_policy(path, policy, OmegaConf.to_container(cfg, resolve=True), extra_tensors=extra,
-                extra_meta={"rng": rng_meta, "run_step": step, "train_seconds": float(train_seconds)})
+    meta = {"rng": rng_meta, "run_step": step, "train_seconds": float(train_seconds)}
+    if log_window is not None:
+        meta["log_window"] = log_window
+    save_policy(path, policy, OmegaConf.to_container(cfg, resolve=True), extra_tensors=extra, extra_meta=meta)
 
 
 def default_run_dir(cfg: DictConfig) -> Path:
@@ -204,17 +220,33 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
     `evaluate(policy, n_episodes, seed) -> {"success_rate", "success_se", "n_episodes"}` (optionally
     "mean_max_coverage", "max_coverage_se") replaces the environment's evaluator used when
     training.online_rollouts=true (evaluate.make_evaluator: task.env robosuite | pusht). `stop_at`: checkpoint and
-    return {} after that step, as an interrupted run would (resume=True continues it)."""
+    return {} after that step, as an interrupted run would (resume=True continues it).
+
+    The run directory is locked while this process trains in it (a second writer gets RunLockedError); a
+    resume may only extend the run (ConfigError otherwise, see RESUME_FIXED_KEYS); a loss that turns NaN/inf
+    stops training with NonFiniteLossError, leaving the last checkpoint as it was."""
     if not isinstance(cfg, DictConfig):
         cfg = OmegaConf.create(cfg)
     check_imitation_config(cfg)
     if cfg.training.inference_mode:
         raise ConfigError("training.inference_mode=true is for loading a trained policy (get_policy); "
                           "set training.inference_mode=false to train")
-    device = resolve_device(str(cfg.device))
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    with RunDirLock(run_dir) as lock:
+        return _train_imitation(cfg, run_dir, lock, resume, progress, stop_at, evaluate, log)
+
+
+def _train_imitation(cfg: DictConfig, run_dir: Path, lock: RunDirLock, resume: bool, progress: bool,
+                     stop_at: int | None, evaluate: Evaluator | None, log) -> dict:
+    device = resolve_device(str(cfg.device))
+    lock.take_if_exists()  # before reading its checkpoint, so that no live writer replaces it meanwhile
     latest = latest_checkpoint(run_dir, resume)
     ckpt_dir = latest.parent
+    if resume:  # checked before the policy is built and the data read
+        tensors, meta, _ = read_policy_checkpoint(latest)
+        check_resume_config(meta["config"], OmegaConf.to_container(cfg, resolve=True), int(meta["step"]),
+                            int(cfg.training.steps), "training.steps", RESUME_FIXED_KEYS, INFERENCE_ONLY_POLICY_KEYS,
+                            latest)
 
     seed = int(cfg.seed)
     torch.manual_seed(seed)
@@ -239,16 +271,20 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
     sampler = data.train.sampler(int(tr.batch_size), device=device, generator=seed)
 
     start, seconds_before = 0, 0.0
+    sums: dict[str, float] = {}  # loss sums of the log row in progress, over `count` steps
+    count = 0
     if resume:
-        tensors, meta, _ = read_policy_checkpoint(latest)
         seconds_before = float(meta.get("train_seconds", 0.0))
+        sums, count = restore_log_window(meta)
         load_policy_state(policy, tensors, meta, load_optimizer=True, source=str(latest))
         sampler.generator.set_state(tensors["sampler/generator"])
         _set_rng_state(tensors, meta["rng"])
         start = int(meta["step"])
         log(f"resumed {run_dir} at step {start:,}")
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    lock.take()  # at the latest before the first write (it creates run_dir)
+    latest_checkpoint(run_dir, resume)  # again under the lock: another run may have started here meanwhile
+    remove_stale_temp_files(ckpt_dir)  # left by a writer killed mid-write; under the lock none is alive
     OmegaConf.save(cfg, run_dir / "config.yaml")
     info = environment_info() | {"device": str(device), "n_train_episodes": data.n_train_episodes,
                                  "n_val_episodes": data.n_val_episodes}
@@ -270,27 +306,29 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"{policy.kind} {cfg.logging.get('name') or ''}".strip(),
                    unit="step", dynamic_ncols=True, smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    sums: dict[str, float] = {}
-    count, t_log, t_start = 0, time.perf_counter(), time.perf_counter()
+    timed, t_log, t_start = 0, time.perf_counter(), time.perf_counter()  # updates/s: this session's steps only
     policy.train()
     last = steps if stop_at is None else min(steps, int(stop_at))
     for step in range(start + 1, last + 1):
         lr = lr_at(step - 1, float(oc["lr"]), int(oc["lr_warmup_steps"]), steps, oc["lr_scheduler"])
         out = policy.update(sampler.sample(), lr=lr)
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + float(v)  # a NaN or inf on any step stays in the sum
         count += 1
+        timed += 1
         if bar is not None:
             bar.update(1)
         if lg.log_every and step % int(lg.log_every) == 0:
+            check_finite_losses(sums, step - count + 1, step, latest)
             now = time.perf_counter()
-            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2),
+            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2),
+                   "updates_per_s": round(timed / (now - t_log), 2),
                    "lr": lr}
             row.update({k: v / count for k, v in sums.items()})
             runlog.write(row)
             if bar is not None:
                 bar.set_postfix({k: f"{v / count:.3g}" for k, v in sums.items()}, refresh=False)
-            sums, count, t_log = {}, 0, now
+            sums, count, timed, t_log = {}, 0, 0, now
         do_val = val_batch is not None and tr.val_every and step % int(tr.val_every) == 0
         do_roll = online and tr.rollout_every and step % int(tr.rollout_every) == 0 and int(tr.rollout_episodes) > 0
         if do_val or do_roll:
@@ -304,17 +342,21 @@ def train_imitation(cfg, run_dir=None, resume: bool = False, progress: bool = Tr
                 if k in vrow:
                     runlog.scalar(f"val/{k}", vrow[k], step)
         if lg.checkpoint_every and step % int(lg.checkpoint_every) == 0 and step < steps:
+            check_finite_losses(sums, step - count + 1, step, latest)  # the steps since the last log row
             so_far = seconds_before + time.perf_counter() - t_start
-            _save_run_checkpoint(latest, policy, sampler, cfg, step, so_far)
+            window = log_window_state(sums, count)
+            _save_run_checkpoint(latest, policy, sampler, cfg, step, so_far, window)
             if lg.keep_every and step % int(lg.keep_every) == 0:
-                _save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", policy, sampler, cfg, step, so_far)
+                _save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", policy, sampler, cfg, step, so_far, window)
     if bar is not None:
         bar.close()
     train_seconds = time.perf_counter() - t_start
-    _save_run_checkpoint(latest, policy, sampler, cfg, last, seconds_before + train_seconds)
+    check_finite_losses(sums, last - count + 1, last, latest)
+    window = log_window_state(sums, count)
+    _save_run_checkpoint(latest, policy, sampler, cfg, last, seconds_before + train_seconds, window)
     if lg.keep_every and last % int(lg.keep_every) == 0 and last > start:
         _save_run_checkpoint(ckpt_dir / f"step_{last:08d}.ckpt", policy, sampler, cfg, last,
-                             seconds_before + train_seconds)
+                             seconds_before + train_seconds, window)
     if last < steps:
         runlog.close()
         log(f"stopped at step {last:,} of {steps:,}; continue with --resume {run_dir}")
@@ -408,7 +450,8 @@ def is_imitation_run(run_dir) -> bool:
 def run_from_cli(config_name_or_path=None, overrides=(), run_dir=None, resume: bool = False,
                  progress: bool = True) -> int:
     """`cleandiffuser train --config-name imitation/edm_lift key=value ...`: 0 on success, 2 on a
-    configuration / data error (printed to stderr). With resume=True the config comes from
+    configuration / data error or a run directory another process trains in, 1 when the losses turned
+    NaN/inf (each printed to stderr as one line). With resume=True the config comes from
     run_dir/config.yaml (overrides may extend it, e.g. training.steps=...)."""
     try:
         if resume:
@@ -425,8 +468,11 @@ def run_from_cli(config_name_or_path=None, overrides=(), run_dir=None, resume: b
             cfg = load_imitation_config(config_name_or_path, list(overrides))
         report = train_imitation(cfg, run_dir=run_dir, resume=resume, progress=progress)
     except (ConfigError, FileNotFoundError, FileExistsError, DatasetFormatError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)  # FileExistsError includes RunLockedError: another process trains there
         return 2
+    except NonFiniteLossError as e:  # the training diverged: a failed run, not a usage error
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     if report:
         print("\n" + format_report(report))
         print(f"\nrun directory: {report['run_dir']}\ncheckpoint: {report['checkpoint']}")

@@ -16,6 +16,7 @@ They are applied on top of the file and below the command line, and recorded in 
 """
 from __future__ import annotations
 
+import inspect
 import os
 import re
 from pathlib import Path
@@ -23,14 +24,49 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, GrammarParseError
 
+from ..env.evaluation import EPISODE_SEED_STRIDE
+from .rules import AnyOf, Choice, Flag, Integer, ListOf, Number, Rule, Text, first_violation, lookup, yaml_repr
+
 __all__ = ["CONFIG_DIR", "ConfigError", "available_configs", "config_path", "load_config", "apply_overrides",
-           "REQUIRED_KEYS", "task_key"]
+           "REQUIRED_KEYS", "RUN_RULES", "read_yaml", "task_key"]
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 #: every offline-RL run config has these top-level keys
 REQUIRED_KEYS = ("algo", "dataset", "seed", "device", "precision", "steps", "batch_size", "normalize_reward",
                  "log_every", "checkpoint_every", "keep_every", "eval_every", "eval", "agent")
+
+#: agent keys without which an algorithm's agent cannot be built (a config of another algorithm lacks them)
+REQUIRED_AGENT_KEYS = {"idql": ("actor",)}
+
+POSITIVE = Number(0, low_open=True)
+NON_NEGATIVE = Number(0)
+#: a row per entry at the end of training; null: the agent's own default
+SAMPLE_STEPS = AnyOf((Integer(1, nullable=True), ListOf(Integer(1, nullable=True))),
+                     note="null: the agent's default sample steps")
+
+#: type and range of every run-level key (agent keys: _agent_rules); checked before a run does any work
+RUN_RULES = {
+    "seed": Integer(0, 2 ** 32 - 1),
+    "dataset": Text(),
+    "env": Text(nullable=True, note="null: inferred from the dataset"),
+    "precision": Choice(("auto", "bf16", "fp32")),
+    "compile": Flag(),
+    "steps": Integer(1),
+    "batch_size": Integer(1),
+    "normalize_reward": Flag(),
+    "clip_actions": Flag(),
+    "log_every": Integer(0, note="0 = never"),
+    "checkpoint_every": Integer(0, note="0 = never"),
+    "keep_every": Integer(0, note="0 = never"),
+    "eval_every": Integer(0, note="0 = never"),
+    "eval.episodes": Integer(0, EPISODE_SEED_STRIDE - 1, note="per eval seed; 0: no evaluation"),
+    "eval.n_envs": Integer(1),
+    "eval.seeds": ListOf(Integer(0), distinct=True),
+    "eval.sample_steps": SAMPLE_STEPS,
+}
+#: per algorithm, rules that replace RUN_RULES' entry
+ALGO_RUN_RULES = {"iql": {"eval.sample_steps": Choice((None, [None]), note="iql has no sampler: one row")}}
 
 
 class ConfigError(ValueError):
@@ -88,17 +124,35 @@ def apply_overrides(cfg: DictConfig, overrides: list[str], source: str = "config
     return cfg
 
 
+def read_yaml(path: str | os.PathLike) -> DictConfig:
+    """A YAML file of settings; ConfigError, in one line naming the file and the place, when it is not valid
+    YAML or does not hold a mapping."""
+    try:
+        cfg = OmegaConf.load(path)
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    except Exception as e:  # noqa: BLE001 - yaml's and OmegaConf's parse errors: report the file
+        raise ConfigError(f"{path} is not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"{path} must hold a mapping of settings (key: value lines), not a {type(cfg).__name__}")
+    return cfg
+
+
+def _yaml_problem(error: Exception) -> str:
+    """A parse error in one line: yaml's problem and where (1-based line and column), else the message."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    return " ".join(str(error).split())
+
+
 def _load_file(name, seen: tuple = ()) -> DictConfig:
     """A config file; `base: NAME` in it means "NAME's settings, with mine on top"."""
     path = config_path(name)
     if path in seen:
         raise ConfigError(f"config inheritance loops: {' -> '.join(map(str, seen + (path,)))}")
-    try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # noqa: BLE001 - report the file
-        raise ConfigError(f"{path} is not valid YAML: {e}") from e
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"{path} must hold a mapping of settings")
+    cfg = read_yaml(path)
     if "base" in cfg:
         parent = _load_file(cfg.pop("base"), seen + (path,))
         OmegaConf.set_struct(parent, True)  # a child may only set keys its base has
@@ -146,7 +200,83 @@ def load_config(name: str | os.PathLike, overrides: list[str] | tuple = ()) -> D
     return cfg
 
 
+def _agent_rules(algo: str) -> dict[str, Rule]:
+    """Value rules of the `agent` section of `algo`'s config (keys relative to `agent.`)."""
+    from ..algorithms.idql import ACTOR_KINDS, SELECTIONS
+
+    iql_critic = {"critic.hidden_dim": Integer(1), "critic.expectile": Number(0, 1, low_open=True, high_open=True),
+                  "critic.discount": Number(0, 1), "critic.tau": Number(0, 1, low_open=True),
+                  "critic.lr": POSITIVE}
+    diffusion_actor = {"actor_params.diffusion_steps": Integer(1), "actor_params.emb_dim": Integer(1),
+                       "actor_params.hidden_dim": Integer(1), "actor_params.ema_rate": Number(0, 1),
+                       "actor_params.lr": POSITIVE, "actor_params.predict_noise": Flag(),
+                       "actor_params.noise_schedule": Text()}
+    selection = {"num_candidates": Integer(1), "weight_temperature": NON_NEGATIVE,
+                 "sample_steps": Integer(1, nullable=True, note="null: the actor's default")}
+    if algo == "iql":
+        return {"beta": NON_NEGATIVE, "max_weight": POSITIVE, "actor_lr": POSITIVE, "lr_decay": Flag(), **iql_critic,
+                "actor_params.hidden_dim": Integer(1), "actor_params.n_layers": Integer(1),
+                "actor_params.dropout": Number(0, 1, high_open=True)}
+    if algo == "idql":
+        return {"actor": Choice(ACTOR_KINDS), "selection": Choice(SELECTIONS), **selection, "temperature": NON_NEGATIVE,
+                "distill_steps": Integer(1, nullable=True), "critic_path": Text(nullable=True, note="a path"),
+                "teacher_path": Text(nullable=True, note="a path"), **iql_critic,
+                "actor_params.emb_dim": Integer(1), "actor_params.hidden_dim": Integer(1),
+                "actor_params.n_blocks": Integer(1), "actor_params.dropout": Number(0, 1, high_open=True),
+                "actor_params.ema_rate": Number(0, 1), "actor_params.lr": POSITIVE,
+                "actor_params.diffusion_steps": Integer(1)}
+    if algo in ("dql", "edp"):
+        return {"eta": NON_NEGATIVE, "grad_norm": Number(0, low_open=True, nullable=True, note="null: no clipping"),
+                "discount": Number(0, 1), "tau": Number(0, 1, low_open=True), "lr_decay": Flag(),
+                "max_q_backup": Flag(), "backup_samples": Integer(1), "ema_start": Integer(0), "ema_every": Integer(1),
+                **selection, "temperature": NON_NEGATIVE, "act_ema": Flag(), "solver": Text(),
+                "critic.hidden_dim": Integer(1), "critic.lr": POSITIVE, **diffusion_actor}
+    if algo == "dbc":
+        return {"solver": Text(), "sample_steps": selection["sample_steps"], "temperature": NON_NEGATIVE,
+                **diffusion_actor, "actor_params.weight_decay": NON_NEGATIVE,
+                "actor_params.grad_clip_norm": Number(0, low_open=True, nullable=True, note="null: no clipping")}
+    if algo == "fql":
+        return {"alpha": NON_NEGATIVE, "normalize_q_loss": Flag(), "q_agg": Choice(("mean", "min")),
+                "flow_steps": Integer(1), "discount": Number(0, 1), "tau": Number(0, 1, low_open=True),
+                "lr": POSITIVE, "num_candidates": Integer(1), "temperature": NON_NEGATIVE,
+                "policy.hidden_dim": Integer(1), "policy.layers": Integer(1), "critic.hidden_dim": Integer(1),
+                "flow_params.hidden_dim": Integer(1), "flow_params.emb_dim": Integer(2), "flow_params.lr": POSITIVE,
+                "flow_params.ema_rate": Number(0, 1), "flow_params.timestep_emb_type": Text()}
+    return {}
+
+
+def _max_sample_steps(cfg: DictConfig) -> int | None:
+    """The most sample steps the agent's actor allows: a discrete-time actor's diffusion_steps (DQL, EDP, DBC,
+    IDQL's ddpm); None when any count works (continuous time) or the agent has no sampler."""
+    params = cfg.agent.get("actor_params") or {}
+    if cfg.algo in ("dql", "edp", "dbc"):
+        return params.get("diffusion_steps")
+    if cfg.algo == "idql" and cfg.agent.get("actor") == "ddpm":
+        from ..algorithms.idql import make_idql_actor
+
+        return params.get("diffusion_steps", inspect.signature(make_idql_actor).parameters["diffusion_steps"].default)
+    return None
+
+
+def _check_sample_steps_fit(cfg: DictConfig) -> None:
+    """eval.sample_steps and agent.sample_steps within what the actor can sample with (else the evaluation at
+    the end of training fails)."""
+    limit = _max_sample_steps(cfg)
+    if not isinstance(limit, int):
+        return
+    requested = lookup(cfg, "eval.sample_steps")
+    requested = requested if isinstance(requested, list) else [requested]
+    for key, values in (("eval.sample_steps", requested), ("agent.sample_steps", [cfg.agent.get("sample_steps")])):
+        too_many = [k for k in values if isinstance(k, int) and k > limit]
+        if too_many:
+            raise ConfigError(f"{key}={yaml_repr(lookup(cfg, key))}: the {cfg.algo} actor samples with at most "
+                              f"{limit} steps (its diffusion_steps), got {too_many[0]}")
+
+
 def check_config(cfg: DictConfig, source: str = "config") -> None:
+    """Raise ConfigError for anything a run would trip over later: missing keys, an unknown algorithm, and every
+    value outside its type and range (RUN_RULES, the algorithm's agent rules), naming the key and the valid
+    values. Called before a run does any work."""
     from ..algorithms import ALGORITHMS
 
     missing = [k for k in REQUIRED_KEYS if k not in cfg]
@@ -154,16 +284,21 @@ def check_config(cfg: DictConfig, source: str = "config") -> None:
         raise ConfigError(f"{source} lacks the keys {missing}")
     if cfg.algo not in ALGORITHMS:
         raise ConfigError(f"algo={cfg.algo!r} is not one of {sorted(ALGORITHMS)}")
-    for key in ("steps", "batch_size"):
-        if not isinstance(cfg[key], int) or cfg[key] < 1:
-            raise ConfigError(f"{key} must be a positive integer, got {cfg[key]!r}")
-    for key in ("log_every", "checkpoint_every", "keep_every", "eval_every"):
-        if not isinstance(cfg[key], int) or cfg[key] < 0:
-            raise ConfigError(f"{key} must be an integer >= 0 (0 = never), got {cfg[key]!r}")
-    if cfg.precision not in ("auto", "bf16", "fp32"):
-        raise ConfigError(f"precision={cfg.precision!r} is not one of ('auto', 'bf16', 'fp32')")
     if not (cfg.device == "auto" or str(cfg.device).startswith(("cpu", "cuda"))):
         raise ConfigError(f"device={cfg.device!r}: use auto, cpu, cuda or cuda:N")
+    for section in ("eval", "agent"):
+        if not isinstance(cfg[section], DictConfig):
+            raise ConfigError(f"{source}: {section} must be a section of settings, got "
+                              f"{yaml_repr(lookup(cfg, section))}")
     for key in ("episodes", "seeds", "n_envs", "sample_steps"):
         if key not in cfg.eval:
             raise ConfigError(f"{source}: eval.{key} is missing")
+    lacking = [k for k in REQUIRED_AGENT_KEYS.get(cfg.algo, ()) if k not in cfg.agent]
+    if lacking:
+        raise ConfigError(f"{source}: the agent section of an {cfg.algo} config needs agent.{lacking[0]} (it has "
+                          f"{sorted(cfg.agent)}); is this config for another algorithm?")
+    rules = {**RUN_RULES, **ALGO_RUN_RULES.get(cfg.algo, {})}
+    problem = first_violation(cfg, rules) or first_violation(cfg, _agent_rules(cfg.algo), prefix="agent.")
+    if problem:
+        raise ConfigError(problem)
+    _check_sample_steps_fit(cfg)

@@ -23,6 +23,7 @@ import random
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +42,28 @@ from ..diffusion.base import DiffusionModel
 from ..serialization import load_checkpoint, save_checkpoint
 from .config import ConfigError, apply_overrides, check_config
 from .distributed import init_distributed
-from .rundir import find_checkpoint, latest_checkpoint
+from .guards import NonFiniteLossError, check_finite_losses, check_resume_config
+from .lock import RunDirLock, RunLockedError
+from .rundir import find_checkpoint, latest_checkpoint, remove_stale_temp_files
 
 __all__ = ["train", "build_agent", "load_agent", "load_pretrained_critic", "load_pretrained_teacher", "evaluate_agent",
-           "evaluate_run", "resolve_device", "save_run_checkpoint", "LoadedRun", "find_checkpoint"]
+           "evaluate_run", "resolve_device", "save_run_checkpoint", "LoadedRun", "find_checkpoint",
+           "NonFiniteLossError", "RunLockedError", "ACTING_ONLY_AGENT_KEYS"]
 
 CHECKPOINT_FORMAT = "cleandiffuser-run/1"
+
+# What a resume must keep as the checkpoint recorded it: the data, the seed, the algorithm and its whole `agent`
+# section (networks, learning rates, losses: what shaped the weights) ...
+RESUME_FIXED_KEYS = ("algo", "dataset", "normalize_reward", "clip_actions", "seed", "agent")
+# ... except the agent settings that only choose actions at act() time (per algorithm: DQL/EDP's solver and
+# sample_steps also draw the TD targets' next actions in training, so they stay fixed there)
+ACTING_ONLY_AGENT_KEYS = {
+    "iql": (),
+    "idql": ("num_candidates", "weight_temperature", "selection", "sample_steps"),
+    "dql": ("num_candidates", "weight_temperature", "temperature", "act_ema"),
+    "edp": ("num_candidates", "weight_temperature", "temperature", "act_ema"),
+    "dbc": ("solver", "sample_steps", "temperature"),
+}
 
 
 def resolve_device(device: str) -> torch.device:
@@ -97,7 +114,7 @@ def ensure_generated_dataset(source, say=print) -> None:
     if not dataset_path(str(source)).is_file():
         from ..datagen.generate import make_dataset
         say(f"{source} is not in {dataset_path(str(source)).parent} yet; generating it first")
-        make_dataset(str(source), log=say)
+        make_dataset(str(source), log=say, wait=True)  # another process making it: wait, then use its file
 
 
 def check_eval_env(env_id: str | None, dataset) -> None:
@@ -115,17 +132,46 @@ def check_eval_env(env_id: str | None, dataset) -> None:
 
 
 def load_training_data(cfg: DictConfig) -> tuple[D4RLMuJoCoTDDataset, str | None]:
-    """The transition dataset and the gymnasium env id to evaluate on (None if unknown)."""
+    """The transition dataset and the gymnasium env id to evaluate on (None if unknown). Actions outside the
+    actors' [-1, 1] are warned about (or clipped: `clip_actions`), and an environment that will evaluate the run
+    (eval.episodes > 0) or is named (`env`) must have the data's observation and action sizes."""
     from ..env import env_id_for
+    from .data_checks import check_action_bounds, check_env_fits_data
 
     data = qlearning_dataset(cfg.dataset)
+    data["actions"] = check_action_bounds(data["actions"], cfg.dataset, clip=bool(cfg.get("clip_actions", False)))
     dataset = D4RLMuJoCoTDDataset(data, normalize_reward=bool(cfg.normalize_reward))
     env = cfg.get("env") or recorded_env_id(cfg.dataset)  # e.g. a Minari dataset's env_spec
     try:  # a family name (env=hopper, or the dataset's name) -> its gymnasium id; gymnasium ids pass through
         env = env_id_for(str(env if env is not None else cfg.dataset))
     except (KeyError, ValueError):
         pass
+    evaluated = int(cfg.eval.episodes) > 0
+    if env is not None and (evaluated or cfg.get("env")):  # before training, not at its end
+        if evaluated:
+            check_eval_env(env, cfg.dataset)
+        check_env_fits_data(env, cfg.dataset, dataset.o_dim, dataset.a_dim, required=evaluated)
     return dataset, env
+
+
+def check_pretrained_sources(cfg: DictConfig, resume: bool) -> None:
+    """Before any work: agent.critic_path / agent.teacher_path, which a new run loads, name a run checkpoint of
+    `cleandiffuser train` (or its run directory); ConfigError naming the key and the file otherwise. On resume
+    the run's own checkpoint holds those parts and the paths are not read."""
+    from ..serialization import CheckpointError
+
+    for key in ("critic_path", "teacher_path"):
+        path = cfg.agent.get(key) if not resume else None
+        if path is None:
+            continue
+        try:
+            ckpt = find_checkpoint(path)
+            _, meta = load_checkpoint(ckpt)
+        except (FileNotFoundError, CheckpointError) as e:
+            raise ConfigError(f"agent.{key}={path}: {e}") from None
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"agent.{key}={path}: {ckpt} is not a run checkpoint of `cleandiffuser train` "
+                              f"(format {meta.get('format')!r}); give a run directory or its checkpoints/*.ckpt")
 
 
 # ---------------------------------------------------------------------------- checkpoints
@@ -146,8 +192,10 @@ def _set_rng_state(tensors, meta: dict) -> None:
 
 
 def save_run_checkpoint(path, agent: Agent, normalizer: GaussianNormalizer, sampler: TensorBatchSampler | None,
-                        step: int, cfg: DictConfig, env_id: str | None, train_seconds: float = 0.0) -> None:
-    """`train_seconds`: training wall time up to `step`, summed over every session of the run."""
+                        step: int, cfg: DictConfig, env_id: str | None, train_seconds: float = 0.0,
+                        log_window: dict | None = None) -> None:
+    """`train_seconds`: training wall time up to `step`, summed over every session of the run. `log_window`: the
+    loss sums and step count of the log row in progress (log_window_state), so a resumed run logs the same row."""
     tensors, agent_meta = agent.checkpoint_state("agent/")
     tensors.update({f"normalizer/{k}": torch.as_tensor(v) for k, v in normalizer.state_dict().items()})
     if sampler is not None:
@@ -158,7 +206,20 @@ def save_run_checkpoint(path, agent: Agent, normalizer: GaussianNormalizer, samp
             "env_id": env_id, "agent": agent_meta, "rng": rng_meta, "obs_dim": agent.obs_dim,
             "act_dim": agent.act_dim, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "train_seconds": float(train_seconds)}
+    if log_window is not None:
+        meta["log_window"] = log_window
     save_checkpoint(path, tensors, meta)
+
+
+def log_window_state(sums: Mapping[str, float], count: int) -> dict:
+    """The log row in progress (loss sums over its `count` steps so far), as checkpoint metadata."""
+    return {"sums": {k: float(v) for k, v in sums.items()}, "count": int(count)}
+
+
+def restore_log_window(meta: Mapping) -> tuple[dict[str, float], int]:
+    """(sums, count) of the log row a checkpoint was written in the middle of; empty for older checkpoints."""
+    window = meta.get("log_window") or {}
+    return {k: float(v) for k, v in window.get("sums", {}).items()}, int(window.get("count", 0))
 
 
 class LoadedRun:
@@ -352,17 +413,35 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     Returns the report dict (also written to run_dir/report.json). Under torchrun (WORLD_SIZE > 1)
     every rank trains on its own batches with averaged gradients; rank 0 logs, checkpoints and
     evaluates. `stop_at`: checkpoint and return after that step, as an interrupted run would (for
-    time-boxed jobs; `resume=True` continues it); returns {} then."""
+    time-boxed jobs; `resume=True` continues it); returns {} then.
+
+    The run directory is locked while this process trains in it (rank 0 holds the lock): a second
+    writer gets RunLockedError. A resume may only extend the run (ConfigError otherwise, see
+    RESUME_FIXED_KEYS); a loss that turns NaN/inf stops training with NonFiniteLossError, leaving the
+    last checkpoint as it was."""
     check_config(cfg)
+    check_pretrained_sources(cfg, resume)
     device = resolve_device(cfg.device)
     ctx = init_distributed(str(device))
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
         torch.cuda.set_device(device)
-    say = log if ctx.is_main else (lambda *_: None)
     run_dir = Path(run_dir) if run_dir is not None else default_run_dir(cfg)
+    with RunDirLock(run_dir, enabled=ctx.is_main) as lock:
+        return _train(cfg, run_dir, lock, ctx, device, resume, progress, log, stop_at)
+
+
+def _train(cfg: DictConfig, run_dir: Path, lock: RunDirLock, ctx, device: torch.device, resume: bool, progress: bool,
+           log, stop_at: int | None) -> dict:
+    say = log if ctx.is_main else (lambda *_: None)
+    lock.take_if_exists()  # before reading its checkpoint, so that no live writer replaces it meanwhile
     latest = latest_checkpoint(run_dir, resume)
     ckpt_dir = latest.parent
+    if resume:  # checked before any data is made or loaded
+        tensors, meta = load_checkpoint(latest)
+        check_resume_config(meta["config"], OmegaConf.to_container(cfg, resolve=True), int(meta["step"]),
+                            int(cfg.steps), "steps", RESUME_FIXED_KEYS,
+                            [f"agent.{k}" for k in ACTING_ONLY_AGENT_KEYS.get(str(cfg.algo), ())], latest)
 
     if ctx.is_main:  # before seeding: generating data must not shift the training RNG streams
         ensure_generated_dataset(cfg.dataset, say)
@@ -380,6 +459,8 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
                                  generator=int(cfg.seed) * 1000 + ctx.rank)
     normalizer = dataset.get_normalizer()
     start, seconds_before = 0, 0.0
+    sums: dict[str, float] = {}  # loss sums of the log row in progress, over `count` steps
+    count = 0
     critic_path = cfg.agent.get("critic_path")
     if critic_path is not None and not resume:  # on resume the run's checkpoint holds the critic
         critic_step = load_pretrained_critic(agent, critic_path, normalizer, cfg)
@@ -389,8 +470,8 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
         teacher_step = load_pretrained_teacher(agent, teacher_path, normalizer, cfg)
         say(f"teacher: {teacher_path} (EDM trained {teacher_step:,} steps), distilled from the first update")
     if resume:
-        tensors, meta = load_checkpoint(latest)
         seconds_before = float(meta.get("train_seconds", 0.0))
+        sums, count = restore_log_window(meta)
         agent.load_checkpoint_state(tensors, meta["agent"], prefix="agent/", source=str(latest))
         if ctx.rank == 0:
             sampler.generator.set_state(tensors["sampler/generator"])
@@ -402,7 +483,9 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     ctx.attach(agent)
 
     if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        lock.take()  # at the latest before the first write (it creates run_dir)
+        latest_checkpoint(run_dir, resume)  # again under the lock: another run may have started here meanwhile
+        remove_stale_temp_files(ckpt_dir)  # left by a writer killed mid-write; under the lock none is alive
         OmegaConf.save(cfg, run_dir / "config.yaml")
         info = environment_info() | {"world_size": ctx.world_size, "device": str(device)}
         (run_dir / "environment.json").write_text(json.dumps(info, indent=1))
@@ -414,32 +497,36 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
         from tqdm.auto import tqdm
         bar = tqdm(total=steps, initial=start, desc=f"{cfg.algo} {Path(str(cfg.dataset)).stem}", unit="step",
                    dynamic_ncols=True, smoothing=0.05, mininterval=0.5 if sys.stderr.isatty() else 30.0)
-    sums: dict[str, float] = {}
-    count, t_log, t_start = 0, time.perf_counter(), time.perf_counter()
+    timed, t_log, t_start = 0, time.perf_counter(), time.perf_counter()  # updates/s: this session's steps only
     agent.train()
     last = steps if stop_at is None else min(steps, int(stop_at))
     for step in range(start + 1, last + 1):
         out = agent.update(sampler.sample())
         ctx.attach(agent)  # an agent may add an optimizer mid-run (IDQL's distillation phase)
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float(v)
+            sums[k] = sums.get(k, 0.0) + float(v)  # a NaN or inf on any step stays in the sum
         count += 1
+        timed += 1
         if bar is not None:
             bar.update(1)
         if ctx.is_main and cfg.log_every and step % int(cfg.log_every) == 0:
+            check_finite_losses(sums, step - count + 1, step, latest)
             now = time.perf_counter()
-            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2), "updates_per_s": round(count / (now - t_log), 2)}
+            row = {"step": step, "wall_s": round(seconds_before + now - t_start, 2),
+                   "updates_per_s": round(timed / (now - t_log), 2)}
             row.update({k: v / count for k, v in sums.items()})
             runlog.write(row)
             if bar is not None:
                 bar.set_postfix({k: f"{v / count:.3g}" for k, v in sums.items()}, refresh=False)
-            sums, count, t_log = {}, 0, now
+            sums, count, timed, t_log = {}, 0, 0, now
         if ctx.is_main and cfg.checkpoint_every and step % int(cfg.checkpoint_every) == 0 and step < steps:
+            check_finite_losses(sums, step - count + 1, step, latest)  # the steps since the last log row
             so_far = seconds_before + time.perf_counter() - t_start
-            save_run_checkpoint(latest, agent, normalizer, sampler, step, cfg, env_id, so_far)
+            window = log_window_state(sums, count)
+            save_run_checkpoint(latest, agent, normalizer, sampler, step, cfg, env_id, so_far, window)
             if cfg.keep_every and step % int(cfg.keep_every) == 0:
                 save_run_checkpoint(ckpt_dir / f"step_{step:08d}.ckpt", agent, normalizer, sampler, step, cfg, env_id,
-                                    so_far)
+                                    so_far, window)
         if ctx.is_main and cfg.eval_every and step % int(cfg.eval_every) == 0 and step < steps:
             _periodic_eval(agent, normalizer, cfg, env_id, run_dir, step, runlog, say)
             agent.train()
@@ -450,7 +537,9 @@ def train(cfg: DictConfig, run_dir=None, resume: bool = False, progress: bool = 
     ctx.close()
     if not ctx.is_main:
         return {}
-    save_run_checkpoint(latest, agent, normalizer, sampler, last, cfg, env_id, seconds_before + train_seconds)
+    check_finite_losses(sums, last - count + 1, last, latest)
+    save_run_checkpoint(latest, agent, normalizer, sampler, last, cfg, env_id, seconds_before + train_seconds,
+                        log_window_state(sums, count))
     if last < steps:
         runlog.close()
         say(f"stopped at step {last:,} of {steps:,}; continue with --resume {run_dir}")
@@ -548,6 +637,36 @@ def evaluate_agent(agent: Agent, normalizer, cfg: DictConfig, env_id: str, out_d
     return rows
 
 
+def _evaluation_env(run: LoadedRun) -> str:
+    """The gymnasium id to evaluate a loaded run in: its recorded one, or the `env=` override given to load_agent
+    when the run's config differs there, checked to exist and to have the run's observation and action sizes."""
+    import gymnasium as gym
+
+    from ..env import env_id_for
+
+    requested = run.cfg.get("env")
+    if requested is None or requested == run.meta["config"].get("env"):
+        if run.env_id is None:
+            raise ConfigError(f"{run.path} does not record an environment to evaluate on; pass env=<gymnasium id>")
+        return run.env_id
+    try:  # a family name (env=hopper) -> its gymnasium id, as in training
+        env_id = env_id_for(str(requested))
+    except (KeyError, ValueError):
+        env_id = str(requested)
+    try:
+        env = gym.make(env_id)
+    except gym.error.Error as e:
+        raise ConfigError(f"env={requested}: {env_id!r} is not an environment available here ({e})") from None
+    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
+    env.close()
+    if obs_shape != (run.agent.obs_dim,) or act_shape != (run.agent.act_dim,):
+        raise ConfigError(f"env={requested}: {env_id} has observations {obs_shape} and actions {act_shape}, but "
+                          f"{run.path} was trained for observations ({run.agent.obs_dim},) and actions "
+                          f"({run.agent.act_dim},) (it records {run.env_id}); evaluate it in an environment with "
+                          "those sizes")
+    return env_id
+
+
 def _nfe(agent: Agent):
     """Network evaluations per action draw, when the agent can tell."""
     fn = getattr(agent, "nfe", None)
@@ -558,9 +677,12 @@ def evaluate_run(path, sample_steps=None, episodes: int | None = None, seeds=Non
                  device: str | None = None, overrides: list[str] | tuple = (), out_dir=None, video: bool = False,
                  say=print) -> dict:
     """`cleandiffuser eval`: score a run directory or checkpoint again (other sample steps, more episodes;
-    `video`: each row's first episode rendered into its steps_<K> folder)."""
+    `video`: each row's first episode rendered into its steps_<K> folder). `env=ID` among the overrides
+    evaluates in that environment instead of the run's (its observation and action sizes must be the run's);
+    its results go to eval/step_<N>-<ID>."""
     run = load_agent(path, device=device, overrides=overrides)
     cfg = run.cfg
+    env_id = _evaluation_env(run)
     if sample_steps is not None:
         cfg.eval.sample_steps = list(sample_steps)
     if episodes is not None:
@@ -569,14 +691,13 @@ def evaluate_run(path, sample_steps=None, episodes: int | None = None, seeds=Non
         cfg.eval.seeds = list(seeds)
     if n_envs is not None:
         cfg.eval.n_envs = int(n_envs)
-    if run.env_id is None:
-        raise ConfigError(f"{run.path} does not record an environment to evaluate on")
     run_dir = run.path.parent.parent if run.path.parent.name == "checkpoints" else run.path.parent
-    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{run.step:08d}"
-    say(f"evaluating {run.path} (step {run.step:,}) on {run.env_id}")
-    rows = evaluate_agent(run.agent, run.normalizer, cfg, run.env_id, out, video=video, say=say)
+    other_env = "" if env_id == run.env_id else f"-{env_id}"
+    out = Path(out_dir) if out_dir is not None else run_dir / "eval" / f"step_{run.step:08d}{other_env}"
+    say(f"evaluating {run.path} (step {run.step:,}) on {env_id}")
+    rows = evaluate_agent(run.agent, run.normalizer, cfg, env_id, out, video=video, say=say)
     report = {"run_dir": str(run_dir), "checkpoint": str(run.path), "algo": cfg.algo, "dataset": str(cfg.dataset),
-              "env_id": run.env_id, "seed": int(cfg.seed), "steps": run.step, "rows": rows}
+              "env_id": env_id, "seed": int(cfg.seed), "steps": run.step, "rows": rows}
     (out).mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=1, default=float))
     return report

@@ -122,6 +122,8 @@ def aggregate_runs(run_dirs: list, labels: dict | None = None) -> list[dict]:
     groups: dict[tuple, list[dict]] = {}
     for d in run_dirs:
         path = Path(d) / "report.json" if Path(d).is_dir() else Path(d)
+        if not Path(d).exists():
+            raise FileNotFoundError(f"run directory not found: {d}")
         if not path.is_file():
             raise FileNotFoundError(f"{path} not found: has the run finished its evaluation?")
         rep = json.loads(path.read_text())

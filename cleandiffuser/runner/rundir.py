@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 __all__ = ["RECORD_FILES", "find_checkpoint", "finished_run", "keep_record", "latest_checkpoint", "read_results_page",
-           "record_path", "write_results_page"]
+           "record_path", "remove_stale_temp_files", "write_results_page"]
 
 # what a finished run's record keeps (a few KB): enough to tabulate it and to say how and where it was trained
 RECORD_FILES = ("report.json", "config.yaml", "environment.json")
@@ -22,6 +22,16 @@ def latest_checkpoint(run_dir, resume: bool) -> Path:
         raise FileExistsError(f"{run_dir} already holds a run; resume it with --resume {run_dir} "
                               "or choose another --run-dir")
     return latest
+
+
+def remove_stale_temp_files(directory) -> list[Path]:
+    """Delete the temporary files (.NAME.XXXXXXXX.tmp) of atomic writes whose writer died mid-write; returns them.
+    Call it only while holding the run directory's lock: then no live writer is using one."""
+    directory = Path(directory)
+    stale = sorted(directory.glob(".*.tmp")) if directory.is_dir() else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
 
 
 def find_checkpoint(path) -> Path:
