@@ -59,10 +59,11 @@ RESUME_FIXED_KEYS = ("algo", "dataset", "normalize_reward", "clip_actions", "see
 # sample_steps also draw the TD targets' next actions in training, so they stay fixed there)
 ACTING_ONLY_AGENT_KEYS = {
     "iql": (),
-    "idql": ("num_candidates", "weight_temperature", "selection", "sample_steps"),
+    "idql": ("num_candidates", "weight_temperature", "selection", "sample_steps", "temperature"),
     "dql": ("num_candidates", "weight_temperature", "temperature", "act_ema"),
     "edp": ("num_candidates", "weight_temperature", "temperature", "act_ema"),
     "dbc": ("solver", "sample_steps", "temperature"),
+    "fql": ("num_candidates", "temperature"),
 }
 
 
