@@ -55,6 +55,7 @@ _SEED000 = [
     ("edp", "edp", [*_CPU, "eval.sample_steps=null"]),
     ("dbc", "dbc", [*_CPU, "eval.sample_steps=null"]),
     ("iql", "iql", [*_CPU, "eval.sample_steps=null"]),  # the non-diffusion baseline, at the same budget
+    ("fql", "fql", [*_CPU, "eval.sample_steps=null"]),  # Flow Q-learning: one-step policy, one NFE per action
     # seed 000's own workflow (iql_training -> edm/cd/ct_training -> inference): one IQL critic trained first and
     # shared, fixed, by the four actors. It gets 3x the actor's steps: at 20,000 the critic is what fails
     # (results/critic-budget-hopper-medium.md), and an IQL update costs a fraction of a diffusion actor's.

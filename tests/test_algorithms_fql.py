@@ -94,7 +94,7 @@ def test_yaml_defaults_build():
     assert cfg["algo"] == "fql" and ALGORITHMS["fql"] is FQLAgent
     agent = FQLAgent.from_config(17, 6, cfg["agent"], steps=cfg["steps"])
     assert agent.act(torch.zeros(2, 17)).shape == (2, 6)
-    assert (agent.alpha, agent.flow_steps, agent.discount, agent.tau, agent.q_agg) == (10.0, 10, 0.99, 0.005, "mean")
+    assert (agent.alpha, agent.flow_steps, agent.discount, agent.tau, agent.q_agg) == (1.0, 10, 0.99, 0.005, "mean")
 
 
 @pytest.mark.parametrize("cfg, match", [
