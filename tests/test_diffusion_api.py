@@ -1,5 +1,7 @@
 """Checkpoints, resume, validation, curriculum, precision and differentiable sampling."""
 
+import math
+
 import pytest
 import torch
 
@@ -200,3 +202,24 @@ def test_ctm_teacher_solve_is_per_sample_heun_along_the_grid():
                 y = y + (sb - sa) * 0.5 * (d + (ye - edm.denoise(net, ye, sb, emb)) / sb)
             torch.testing.assert_close(got[b:b + 1], y, rtol=1e-5, atol=1e-5)
     assert torch.equal(got[[0, 2, 7]], x[[0, 2, 7]])  # nothing to solve: unchanged
+
+
+def test_distillation_options_change_the_target_and_distance():
+    """prepare_distillation's public-style options: the EMA target network, squared L2, clipping."""
+    edm = ContinuousEDM(small_net(), **FAST)
+    x0 = gaussian_ring(64)[0]
+    losses = {}
+    for options in ({}, {"target": "ema"}, {"distance": "l2"}, {"clip": True, "teacher_solver": "euler"}):
+        cm = ContinuousConsistencyModel(small_net(), **FAST).prepare_distillation(edm, distillation_N=8, **options)
+        with torch.no_grad():  # make the online network differ from its EMA, so the two targets differ
+            for p in cm.model.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        torch.manual_seed(0)
+        losses[tuple(options)] = cm.update(x0, loss_type="distillation")["loss"]
+    assert all(math.isfinite(v) for v in losses.values())
+    assert len(set(losses.values())) == len(losses)  # each option changes the loss
+    cm = ContinuousConsistencyModel(small_net(), **FAST)
+    with pytest.raises(ValueError, match="target='teacher'"):
+        cm.prepare_distillation(edm, target="teacher")
+    with pytest.raises(ValueError, match="distance='l1'"):
+        cm.prepare_distillation(edm, distance="l1")

@@ -116,6 +116,7 @@ class ContinuousConsistencyModel(DiffusionModel):
         self.teacher: ContinuousEDM | None = None
         self.distillation_N: int | None = None
         self.teacher_solver = "heun"
+        self.cd_target, self.cd_distance, self.cd_clip = "online", "pseudo_huber", False
 
     # ------------------------------------------------------------------ the consistency function
     def consistency(self, net, x, sigma, cond_emb, noise=None):
@@ -156,13 +157,23 @@ class ContinuousConsistencyModel(DiffusionModel):
     def _huber_c(self, x0):
         return 0.00054 * math.sqrt(self.data_dim or x0[0].numel())
 
-    def _pair_loss(self, x0, cond_emb, s_lo, s_hi, x_hi, x_lo):
-        """Weighted pseudo-Huber between f(x_hi, s_hi) and the stop-gradient target f(x_lo, s_lo), and the
-        unweighted distance (a tensor, so that this stays one compiled graph)."""
+    def _pair_loss(self, x0, cond_emb, s_lo, s_hi, x_hi, x_lo, target_net=None, target_emb=None,
+                   distance: str = "pseudo_huber", clip: bool = False):
+        """Weighted distance between f(x_hi, s_hi) and the stop-gradient target f(x_lo, s_lo), and the
+        unweighted distance (a tensor, so that this stays one compiled graph). The target runs through
+        `target_net` with `target_emb` (default: the online network and its embedding). distance:
+        "pseudo_huber" on each sample's vector, or "l2", the squared error averaged over elements (Song et al.
+        2023 and the public CleanDiffuser). clip: both outputs clipped to [x_min, x_max], as sampling clips."""
         online = self.consistency(self.model, self.inpaint(x_hi, x0), s_hi, cond_emb)
         with torch.no_grad():
-            target = self.consistency(self.model, self.inpaint(x_lo, x0), s_lo, cond_emb)
-        dist = pseudo_huber(online, target, self._huber_c(x0), self.loss_weight)
+            target = self.consistency(self.model if target_net is None else target_net, self.inpaint(x_lo, x0),
+                                      s_lo, cond_emb if target_net is None else target_emb)
+        if clip:
+            online, target = self.clip(online), self.clip(target)
+        if distance == "l2":
+            dist = ((online - target) ** 2 * self.loss_weight).flatten(1).mean(1)
+        else:
+            dist = pseudo_huber(online, target, self._huber_c(x0), self.loss_weight)
         return (dist / (s_hi - s_lo)).mean(), dist.detach().mean()
 
     def _ct_loss(self, x0, cond_emb, s_lo, s_hi, z):
@@ -171,7 +182,14 @@ class ContinuousConsistencyModel(DiffusionModel):
 
     def _cd_loss(self, x0, cond_emb, condition, s_lo, s_hi, z):
         x_hi = x0 + s_hi.view(-1, *([1] * (x0.dim() - 1))) * z
-        return self._pair_loss(x0, cond_emb, s_lo, s_hi, x_hi, self._teacher_step(x_hi, s_hi, s_lo, x0, condition))
+        x_lo = self._teacher_step(x_hi, s_hi, s_lo, x0, condition)
+        target_net = target_emb = None
+        if self.cd_target == "ema":
+            target_net = self.model_ema
+            with torch.no_grad():
+                target_emb = self.encode_condition(target_net, condition)
+        return self._pair_loss(x0, cond_emb, s_lo, s_hi, x_hi, x_lo, target_net, target_emb, self.cd_distance,
+                               self.cd_clip)
 
     def loss(self, x0, cond_emb, condition=None, loss_type: str = "training", **kwargs):
         if loss_type == "training":
@@ -207,14 +225,26 @@ class ContinuousConsistencyModel(DiffusionModel):
         d2 = (x_next - teacher.denoise(net, x_next, s_to, emb)) / s_to.view(shape)
         return x + ds * 0.5 * (d + d2)
 
-    def prepare_distillation(self, edm: ContinuousEDM, distillation_N: int = 18, teacher_solver: str = "heun"):
-        """Distil from a trained EDM: checks the settings match and starts from its (EMA) weights."""
+    def prepare_distillation(self, edm: ContinuousEDM, distillation_N: int = 18, teacher_solver: str = "heun",
+                             target: str = "online", distance: str = "pseudo_huber", clip: bool = False):
+        """Distil from a trained EDM: checks the settings match and starts from its (EMA) weights.
+
+        teacher_solver: the teacher's ODE step between adjacent levels, "heun" or "euler".
+        target: the network under stop-gradient that gives the target f(x_lo, s_lo): "online" (the
+        student itself, as improved consistency training does) or "ema" (the student's EMA, model_ema,
+        as in Song et al. 2023 and the public CleanDiffuser; its rate is the model's ema_rate).
+        distance: "pseudo_huber" or "l2" (squared error). clip: clip both f's to [x_min, x_max] in the loss."""
         if not isinstance(distillation_N, int) or distillation_N < 2:
             raise ValueError(f"distillation_N must be an int >= 2, got {distillation_N!r}")
+        if target not in ("online", "ema"):
+            raise ValueError(f"target={target!r} is not one of ('online', 'ema')")
+        if distance not in ("pseudo_huber", "l2"):
+            raise ValueError(f"distance={distance!r} is not one of ('pseudo_huber', 'l2')")
         check_teacher(self, edm, teacher_solver)
         copy_teacher_weights(self, edm, strict=True)
         object.__setattr__(self, "teacher", edm)  # not a submodule: never saved, trained or moved with us
         self.distillation_N, self.teacher_solver = distillation_N, teacher_solver
+        self.cd_target, self.cd_distance, self.cd_clip = target, distance, bool(clip)
         edm.eval()
         return self
 
