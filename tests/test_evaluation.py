@@ -49,7 +49,9 @@ class Recorder:
 
 def linear_policy(act_dim, obs_dim, seed=1):
     w = np.random.default_rng(seed).normal(size=(obs_dim, act_dim)).astype(np.float32) * 0.5
-    return lambda o: np.tanh(np.asarray(o, dtype=np.float32) @ w)
+    # a sum per row, not a matmul: BLAS may round a batch of 3 rows unlike 1 row (numpy 2.4 does), and these
+    # tests compare batched rollouts with single-env ones bit for bit
+    return lambda o: np.tanh((np.asarray(o, dtype=np.float32)[:, :, None] * w[None]).sum(axis=1))
 
 
 def test_zero_policy_halfcheetah_matches_single_env():
