@@ -14,7 +14,7 @@ import numpy as np
 
 from .config import ConfigError
 
-__all__ = ["ACTION_LIMIT", "ActionBoundsWarning", "check_action_bounds", "check_env_fits_data"]
+__all__ = ["ACTION_LIMIT", "ActionBoundsWarning", "check_action_bounds", "check_env_fits_data", "env_sizes"]
 
 #: the actors' action range is [-ACTION_LIMIT, ACTION_LIMIT]
 ACTION_LIMIT = 1.0
@@ -52,7 +52,7 @@ def check_action_bounds(actions: np.ndarray, source, clip: bool = False, say=Non
     return actions
 
 
-def _env_sizes(env_id: str) -> tuple[int, int]:
+def env_sizes(env_id: str) -> tuple[int, int]:
     """(observation size, action size) of a gymnasium environment, from its spaces."""
     import gymnasium as gym
 
@@ -70,7 +70,7 @@ def check_env_fits_data(env_id: str, dataset, obs_dim: int, act_dim: int, requir
     import gymnasium as gym
 
     try:
-        env_obs, env_act = _env_sizes(env_id)
+        env_obs, env_act = env_sizes(env_id)
     except (gym.error.Error, ImportError) as e:
         if not required:
             return

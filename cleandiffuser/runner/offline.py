@@ -644,6 +644,7 @@ def _evaluation_env(run: LoadedRun) -> str:
     import gymnasium as gym
 
     from ..env import env_id_for
+    from .data_checks import env_sizes
 
     requested = run.cfg.get("env")
     if requested is None or requested == run.meta["config"].get("env"):
@@ -655,13 +656,11 @@ def _evaluation_env(run: LoadedRun) -> str:
     except (KeyError, ValueError):
         env_id = str(requested)
     try:
-        env = gym.make(env_id)
+        obs_dim, act_dim = env_sizes(env_id)
     except gym.error.Error as e:
         raise ConfigError(f"env={requested}: {env_id!r} is not an environment available here ({e})") from None
-    obs_shape, act_shape = env.observation_space.shape, env.action_space.shape
-    env.close()
-    if obs_shape != (run.agent.obs_dim,) or act_shape != (run.agent.act_dim,):
-        raise ConfigError(f"env={requested}: {env_id} has observations {obs_shape} and actions {act_shape}, but "
+    if (obs_dim, act_dim) != (run.agent.obs_dim, run.agent.act_dim):
+        raise ConfigError(f"env={requested}: {env_id} has observations ({obs_dim},) and actions ({act_dim},), but "
                           f"{run.path} was trained for observations ({run.agent.obs_dim},) and actions "
                           f"({run.agent.act_dim},) (it records {run.env_id}); evaluate it in an environment with "
                           "those sizes")
