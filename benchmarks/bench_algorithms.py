@@ -2,6 +2,7 @@
 
     python benchmarks/bench_algorithms.py --seconds 5 --threads 2
     python benchmarks/bench_algorithms.py --device cuda --variants fp32 auto   # on a GPU
+    python benchmarks/bench_algorithms.py --only FQL IDQL-CT                   # some agents
 
 Training: agent.update on a random batch of the config's batch size (17-d observations, 6-d actions),
 timed after warm-up, for precision fp32 and auto (bf16 autocast where the CPU is fast at it), and auto with
@@ -32,6 +33,8 @@ AGENTS = [  # (label, config, overrides, sample-step settings for the latency ta
     ("EDP", "edp", [], [None]),
     ("DBC", "dbc", [], [None]),
     ("IQL", "iql", [], [None]),
+    ("FQL", "fql", [], [None]),
+    ("FQL (flow_steps 5)", "fql", ["agent.flow_steps=5"], []),
 ]
 
 
@@ -83,6 +86,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                     help="training variants to time (auto: bf16 autocast where the hardware is fast at it)")
+    ap.add_argument("--only", nargs="+", default=None, help="agents whose label starts with one of these (e.g. FQL)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -92,6 +96,8 @@ def main() -> None:
     print(f"{'agent':<22}{'batch':>6}" + "".join(f"{v + ' upd/s':>20}" for v in args.variants))
     latency_rows = []
     for label, config, overrides, settings in AGENTS:
+        if args.only and not any(label.startswith(prefix) for prefix in args.only):
+            continue
         rates = {}
         for variant in args.variants:
             precision, compiled = VARIANTS[variant]

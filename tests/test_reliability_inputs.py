@@ -81,7 +81,7 @@ def test_each_algorithms_agent_values_are_checked(algo, override, says):
     assert says in str(info.value)
 
 
-@pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc"])
+@pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc", "fql"])
 def test_builtin_configs_pass_the_value_checks(name):
     assert load_config(name).clip_actions is False
 

@@ -285,7 +285,7 @@ def test_idql_cd_distills_the_edm_of_another_run(tiny_dataset, tmp_path):
               **quiet)
 
 
-@pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc"])
+@pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc", "fql"])
 def test_every_builtin_config_builds_its_agent(name):
     from cleandiffuser.runner.offline import build_agent
     cfg = load_config(name)
@@ -309,7 +309,10 @@ def test_train_on_a_generated_name_makes_the_missing_dataset_first(tmp_path, mon
         return path
 
     monkeypatch.setattr(gen, "make_dataset", tiny_make_dataset)
-    cfg = load_config("idql", ["dataset=halfcheetah-medium-cd-v0", "steps=3", "eval.episodes=0", *TINY])
+    cfg = load_config("quickstart", ["steps=3", "eval.episodes=0", "compile=false", "batch_size=32",
+                                     "agent.policy.hidden_dim=32", "agent.critic.hidden_dim=32",
+                                     "agent.flow_params.hidden_dim=32"])
+    assert cfg.dataset == "halfcheetah-medium-cd-v0"
     train(cfg, run_dir=tmp_path / "r", progress=False, log=lambda *_: None)
     assert made == ["halfcheetah-medium-cd-v0"] and (tmp_path / "data" / "halfcheetah-medium-cd-v0.hdf5").is_file()
     train(cfg, run_dir=tmp_path / "r2", progress=False, log=lambda *_: None)  # reused, not made again

@@ -114,14 +114,15 @@ class FQLAgent(Agent):
         if flow.x_shape is None:
             flow.x_shape = (self.act_dim,)
         self.policy = policy.to(self.device)
-        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.policy_optim = torch.optim.Adam(self.policy.parameters(), lr=lr, fused=True)  # one kernel
         self.critic = critic.to(self.device)
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False).eval()
-        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr)
+        self.critic_optim = torch.optim.Adam(self.critic.parameters(), lr=lr, fused=True)
         self.alpha, self.flow_steps, self.normalize_q_loss, self.q_agg = alpha, flow_steps, normalize_q_loss, q_agg
         self.discount, self.tau = discount, tau
         self.num_candidates, self.temperature = num_candidates, temperature
         self.updates = 0
+        self.compiled = False
 
     @classmethod
     def from_config(cls, obs_dim: int, act_dim: int, cfg: Mapping, steps: int,
@@ -172,58 +173,76 @@ class FQLAgent(Agent):
 
     @torch.no_grad()
     def flow_actions(self, obs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The behaviour flow's action for each (s, z): Euler over `flow_steps` steps from z, online weights."""
-        prior = torch.zeros(obs.shape[0], self.act_dim, device=self.device)
-        act, _ = self.flow.sample(prior, solver="euler", sample_steps=self.flow_steps, use_ema=False,
-                                  condition_cfg=obs, x_T=noise)
-        return act
+        """The behaviour flow's action for each (s, z): Euler over `flow_steps` steps of the velocity from z
+        (t = 1) to t = 0 with the online weights, clipped to [-1, 1] at the end (the paper's target)."""
+        net = self.flow.model["diffusion"]
+        cond = self.flow.encode_condition(self.flow.model, obs)
+        x, dt = noise, 1.0 / self.flow_steps
+        for i in range(self.flow_steps):
+            t = torch.full((x.shape[0],), 1.0 - i * dt, device=x.device)
+            x = x - dt * net(x, t, cond).float()
+        return x.clamp(-1.0, 1.0)
 
     def _q(self, critic: DQLCritic, obs: torch.Tensor, act: torch.Tensor, agg: str) -> torch.Tensor:
         q1, q2 = critic(obs, act)
         return (q1 + q2) / 2 if agg == "mean" else torch.minimum(q1, q2)
 
     # ------------------------------------------------------------------ training
+    def compile_network(self) -> FQLAgent:
+        """Compile the whole loss computation (critic, flow, distillation and Q terms) as one graph: fuses
+        the Mish layers and the flow's Euler steps. The noise is drawn outside, so eager and compiled runs
+        draw the same numbers."""
+        if not self.compiled:
+            self.losses = torch.compile(self.losses, dynamic=False)
+            self.compiled = True
+        return self
+
+    def losses(self, obs, act, rew, tml, next_obs, next_noise, noise, flow_source, flow_times) -> dict:
+        """Every loss of one update from the current parameters (see the module docstring); the noises are
+        inputs: next_noise / noise for the one-step policy at s' / s, flow_source and flow_times for the
+        flow-matching loss."""
+        with torch.no_grad():
+            next_act = self.policy(next_obs, next_noise).clamp(-1.0, 1.0)
+            y = rew + self.discount * (1.0 - tml) * self._q(self.critic_target, next_obs, next_act, self.q_agg)
+        q1, q2 = self.critic(obs, act)
+        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
+
+        with self.flow.autocast():
+            flow_loss, _ = self.flow.loss(act, self.flow.encode_condition(self.flow.model, obs),
+                                          source=flow_source, times=flow_times)
+        target = self.flow_actions(obs, noise)
+        raw = self.policy(obs, noise)
+        distill_loss = F.mse_loss(raw, target)
+        frozen = {k: v.detach() for k, v in self.critic.named_parameters()}  # the Q term moves the policy only
+        qp1, qp2 = torch.func.functional_call(self.critic, frozen, (obs, raw.clamp(-1.0, 1.0)))
+        q = (qp1 + qp2) / 2
+        q_loss = -q.mean()
+        if self.normalize_q_loss:
+            q_loss = q_loss / q.abs().mean().detach().clamp_min(1e-6)
+        loss = critic_loss + flow_loss.float() + self.alpha * distill_loss + q_loss
+        return {"loss": loss, "critic_loss": critic_loss, "flow_loss": flow_loss, "distill_loss": distill_loss,
+                "q_loss": q_loss, "q_mean": q1.mean(), "target_q": y.mean()}
+
     def update(self, batch: Mapping) -> dict:
         """One joint step of critic, flow and one-step policy, then the target update. Returns {"critic_loss",
         "flow_loss", "distill_loss", "q_loss", "q_mean", "target_q"}."""
         obs = _state(batch["obs"]).to(self.device, torch.float32)
         next_obs = _state(batch["next_obs"]).to(self.device, torch.float32)
         act, rew, tml = (batch[k].to(self.device, torch.float32) for k in ("act", "rew", "tml"))
-
-        with torch.no_grad():
-            y = rew + self.discount * (1.0 - tml) * self._q(self.critic_target, next_obs,
-                                                              self.policy_actions(next_obs), self.q_agg)
-        q1, q2 = self.critic(obs, act)
-        critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
-
-        with self.flow.autocast():
-            flow_loss, _ = self.flow.loss(act, self.flow.encode_condition(self.flow.model, obs))
-        noise = torch.randn_like(act)
-        target = self.flow_actions(obs, noise)
-        raw = self.policy(obs, noise)
-        distill_loss = F.mse_loss(raw, target)
-        self.critic.requires_grad_(False)  # the Q term moves the policy only
-        try:
-            q = self._q(self.critic, obs, raw.clamp(-1.0, 1.0), "mean")
-        finally:
-            self.critic.requires_grad_(True)
-        q_loss = -q.mean()
-        if self.normalize_q_loss:
-            q_loss = q_loss / q.abs().mean().detach().clamp_min(1e-6)
-        loss = critic_loss + flow_loss.float() + self.alpha * distill_loss + q_loss
+        next_noise, noise, flow_source = (torch.randn_like(act) for _ in range(3))
+        flow_times = self.flow.sample_times(act.shape[0])
+        out = self.losses(obs, act, rew, tml, next_obs, next_noise, noise, flow_source, flow_times)
 
         optimizers = (self.critic_optim, self.flow.optimizer, self.policy_optim)
         for opt in optimizers:
             opt.zero_grad(set_to_none=True)
-        loss.backward()
+        out.pop("loss").backward()
         for opt in optimizers:
             opt.step()
         self.flow.ema_update()
         self.flow.step += 1
         polyak_update(self.critic_target, self.critic, self.tau)
         self.updates += 1
-        out = {"critic_loss": critic_loss, "flow_loss": flow_loss, "distill_loss": distill_loss, "q_loss": q_loss,
-               "q_mean": q1.mean(), "target_q": y.mean()}
         values = torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()  # one device sync
         return dict(zip(out, values))
 

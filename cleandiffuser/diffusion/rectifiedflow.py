@@ -17,9 +17,12 @@ class ContinuousRectifiedFlow(DiffusionModel):
     def sample_times(self, batch):
         return torch.rand(batch, device=self.device)
 
-    def loss(self, x0, cond_emb, condition=None, source: torch.Tensor | None = None, **kwargs):
+    def loss(self, x0, cond_emb, condition=None, source: torch.Tensor | None = None,
+             times: torch.Tensor | None = None, **kwargs):
+        """Flow matching on x_t = (1 - t) x0 + t x1; source (x1, default N(0, I)) and times (t, default
+        sample_times) may be given, e.g. drawn outside a compiled loss."""
         x1 = torch.randn_like(x0) if source is None else self._check_x(source, "source", x0.shape[0])
-        t = self.sample_times(x0.shape[0])
+        t = self.sample_times(x0.shape[0]) if times is None else times
         tb = t.view(-1, *([1] * (x0.dim() - 1)))
         x_t = self.inpaint((1 - tb) * x0 + tb * x1, x0)
         v = self.model["diffusion"](x_t, t, cond_emb).float()

@@ -96,7 +96,11 @@ def set_agent_precision(agent: Agent, precision: str) -> None:
 
 
 def compile_agent(agent: Agent) -> None:
-    """Compile the training passes of the agent's generative models and critics (their compile_network)."""
+    """Compile the agent's training passes: its own compile_network where it compiles its losses as one graph,
+    else its generative models' and critics' compile_network."""
+    if hasattr(agent, "compile_network"):
+        agent.compile_network()
+        return
     for part in agent.parts().values():
         if hasattr(part, "compile_network"):
             part.compile_network()
