@@ -11,6 +11,7 @@ Patches (any combination; every other argument goes to seed_api_bandit.py):
   global-freqs  the same draws, used as the Fourier frequencies (the public embedding's behaviour)
   post-offset   the same 32 draws after the network is initialised: the initial weights are ours, only the
                 training noise stream shifts
+  big-offset    10,000 uniform draws before the layers are initialised (a long shift instead of 32 places)
   public-net    the public IDQLMlp layout re-created here (its own Fourier draw, nn.Sequential residual blocks,
                 no Mish before the output), inside this library's ContinuousEDM
 """
@@ -30,7 +31,7 @@ import cleandiffuser.nn_diffusion as nn_diffusion
 import cleandiffuser.nn_diffusion.idqlmlp as idqlmlp
 from cleandiffuser.nn_diffusion.base import BaseNNDiffusion
 
-PATCHES = ("no-out-mish", "rng-offset", "global-freqs", "post-offset", "public-net")
+PATCHES = ("no-out-mish", "rng-offset", "global-freqs", "post-offset", "big-offset", "public-net")
 SCRIPT = Path(__file__).resolve().parent / "seed_api_bandit.py"
 
 
@@ -69,14 +70,16 @@ def apply(patches: list[str]) -> None:
                 h = block(h)
             return self.out(h)
         idqlmlp.IDQLMlp.forward = forward
-    draws = [p for p in patches if p in ("rng-offset", "global-freqs", "post-offset")]
+    draws = [p for p in patches if p in ("rng-offset", "global-freqs", "post-offset", "big-offset")]
     if len(draws) > 1:
         raise SystemExit(f"choose one of {draws}")
     if draws:
         mode, init = draws[0], idqlmlp.IDQLMlp.__init__
 
         def patched_init(self, obs_dim, act_dim, emb_dim=64, *args, **kwargs):
-            freqs = None if mode == "post-offset" else torch.randn(emb_dim // 2) * 16.0
+            if mode == "big-offset":
+                torch.rand(10_000)
+            freqs = None if mode in ("post-offset", "big-offset") else torch.randn(emb_dim // 2) * 16.0
             init(self, obs_dim, act_dim, emb_dim, *args, **kwargs)
             if mode == "post-offset":
                 torch.randn(emb_dim // 2)

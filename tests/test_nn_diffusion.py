@@ -233,3 +233,19 @@ def test_idqlmlp_dropout_and_layout():
     assert not torch.allclose(model(x, noise, cond), model(x, noise, cond))  # dropout 0.1
     model.eval()
     torch.testing.assert_close(model(x[:1], noise[:1], cond[:1]), model(x, noise, cond)[:1])
+
+
+def test_idqlmlp_output_layer_reads_the_residual_stream_with_or_without_mish():
+    """out_activation=True (IDQL's layout) reads Mish(h); False (the public CleanDiffuser IDQLMlp) reads h itself.
+    Same parameters either way, so a checkpoint loads into both."""
+    torch.manual_seed(0)
+    with_mish = IDQLMlp(3, 2).eval()
+    plain = IDQLMlp(3, 2, out_activation=False).eval()
+    plain.load_state_dict(with_mish.state_dict())
+    x, noise, cond = torch.randn(5, 2), torch.rand(5), torch.randn(5, 3)
+    h = with_mish.inp(torch.cat([x, with_mish.time_mlp(with_mish.map_noise(noise)), cond], -1))
+    for block in with_mish.blocks:
+        h = block(h)
+    torch.testing.assert_close(with_mish(x, noise, cond), with_mish.out(torch.nn.functional.mish(h)))
+    torch.testing.assert_close(plain(x, noise, cond), with_mish.out(h))
+    assert not torch.allclose(plain(x, noise, cond), with_mish(x, noise, cond))

@@ -46,11 +46,15 @@ class IDQLMlp(BaseNNDiffusion):
     already nearly linear in the noise level and a fresh MLP only weakens them, so none is added there, nor after
     trainable embeddings (they end in an MLP). `time_mlp=True` / `False` forces it (False: the layout of
     checkpoints saved before this was added).
+    out_activation: Mish before the output layer, as IDQL's LN-ResNet (default); False gives the public
+    CleanDiffuser IDQLMlp's layout, a linear read-out of the residual stream, which learned the seed-API bandit's
+    modes more precisely (EDM Euler-4, paired over seeds; results/seed-api-bandit.md).
     """
 
     def __init__(self, obs_dim: int, act_dim: int, emb_dim: int = 64, hidden_dim: int = 256,
                  n_blocks: int = 3, dropout: float = 0.1, timestep_emb_type: str = "positional",
-                 timestep_emb_params: dict | None = None, time_mlp: bool | None = None):
+                 timestep_emb_params: dict | None = None, time_mlp: bool | None = None,
+                 out_activation: bool = True):
         super().__init__(emb_dim, timestep_emb_type, timestep_emb_params)
         self.obs_dim, self.act_dim = obs_dim, act_dim
         if time_mlp is None:
@@ -60,6 +64,7 @@ class IDQLMlp(BaseNNDiffusion):
         self.inp = nn.Linear(act_dim + emb_dim + obs_dim, hidden_dim)
         self.blocks = nn.ModuleList(_LNResBlock(hidden_dim, dropout) for _ in range(n_blocks))
         self.out = nn.Linear(hidden_dim, act_dim)
+        self.out_activation = bool(out_activation)
 
     def forward(self, x: torch.Tensor, noise: torch.Tensor,
                 condition: torch.Tensor | None = None) -> torch.Tensor:
@@ -71,4 +76,4 @@ class IDQLMlp(BaseNNDiffusion):
             h = self.inp(torch.cat([x, t, condition], -1))
         for block in self.blocks:
             h = block(h)
-        return self.out(mish(h))
+        return self.out(mish(h) if self.out_activation else h)
