@@ -12,9 +12,7 @@ batch 64) takes 6-10 minutes per seed on one CPU core, far over the test suite's
 * the network: the tutorial's IDQLMlp must put the Linear-Mish-Linear time MLP after its untrainable Fourier
   embedding (6,000 updates: Heun-20 0.76 without, 0.90 with it, results/seed-api-bandit.md).
 """
-import importlib.util
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,19 +23,12 @@ from cleandiffuser.diffusion import ContinuousEDM
 from cleandiffuser.nn_condition import IdentityCondition
 from cleandiffuser.nn_diffusion import IDQLMlp
 from cleandiffuser.nn_diffusion.base import BaseNNDiffusion
+from conftest import experiment_module
 
 N_EVAL = 4000
 
 
-def _bandit():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "seed_api_bandit.py"
-    spec = importlib.util.spec_from_file_location("seed_api_bandit", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bandit = _bandit()
+bandit = experiment_module("seed_api_bandit")
 
 
 def _modes(obs: torch.Tensor) -> torch.Tensor:

@@ -1,19 +1,14 @@
 """experiments/selection_sweep.py re-scores trained IDQL runs at other selection settings: each setting is applied
 to the agent only while it is scored, and the table is the mean ± SE over runs."""
-import importlib.util
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import experiment_module
 
 
 @pytest.fixture(scope="module")
 def sweep():
-    path = Path(__file__).resolve().parents[1] / "experiments" / "selection_sweep.py"
-    spec = importlib.util.spec_from_file_location("selection_sweep", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_module("selection_sweep")
 
 
 def test_each_setting_is_applied_while_scored_and_put_back(sweep):

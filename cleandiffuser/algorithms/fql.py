@@ -183,8 +183,10 @@ class FQLAgent(Agent):
             x = x - dt * net(x, t, cond).float()
         return x.clamp(-1.0, 1.0)
 
-    def _q(self, critic: DQLCritic, obs: torch.Tensor, act: torch.Tensor, agg: str) -> torch.Tensor:
-        q1, q2 = critic(obs, act)
+    def _q(self, critic: DQLCritic, obs: torch.Tensor, act: torch.Tensor, agg: str,
+           params: dict | None = None) -> torch.Tensor:
+        """The twin heads combined by `agg`; `params` evaluates the critic with those tensors in place of its own."""
+        q1, q2 = critic(obs, act) if params is None else torch.func.functional_call(critic, params, (obs, act))
         return (q1 + q2) / 2 if agg == "mean" else torch.minimum(q1, q2)
 
     # ------------------------------------------------------------------ training
@@ -202,8 +204,8 @@ class FQLAgent(Agent):
         inputs: next_noise / noise for the one-step policy at s' / s, flow_source and flow_times for the
         flow-matching loss."""
         with torch.no_grad():
-            next_act = self.policy(next_obs, next_noise).clamp(-1.0, 1.0)
-            y = rew + self.discount * (1.0 - tml) * self._q(self.critic_target, next_obs, next_act, self.q_agg)
+            y = rew + self.discount * (1.0 - tml) * self._q(self.critic_target, next_obs,
+                                                              self.policy_actions(next_obs, next_noise), self.q_agg)
         q1, q2 = self.critic(obs, act)
         critic_loss = F.mse_loss(q1, y) + F.mse_loss(q2, y)
 
@@ -214,8 +216,7 @@ class FQLAgent(Agent):
         raw = self.policy(obs, noise)
         distill_loss = F.mse_loss(raw, target)
         frozen = {k: v.detach() for k, v in self.critic.named_parameters()}  # the Q term moves the policy only
-        qp1, qp2 = torch.func.functional_call(self.critic, frozen, (obs, raw.clamp(-1.0, 1.0)))
-        q = (qp1 + qp2) / 2
+        q = self._q(self.critic, obs, raw.clamp(-1.0, 1.0), "mean", frozen)
         q_loss = -q.mean()
         if self.normalize_q_loss:
             q_loss = q_loss / q.abs().mean().detach().clamp_min(1e-6)
