@@ -20,7 +20,7 @@ import time
 import torch
 
 from cleandiffuser.runner.config import load_config
-from cleandiffuser.runner.offline import build_agent, compile_agent
+from cleandiffuser.runner.offline import build_agent
 
 OBS, ACT = 17, 6
 AGENTS = [  # (label, config, overrides, sample-step settings for the latency table)
@@ -106,7 +106,7 @@ def main() -> None:
             if "fixed critic" in label:
                 agent.train_critic = False  # what a pretrained critic (agent.critic_path) leaves to train
             if compiled:
-                compile_agent(agent)
+                agent.compile_network()
             batch = batch_of(cfg.batch_size, device)
             if config == "idql" and "agent.actor=cd" in overrides:
                 agent.update(batch)  # step 1 starts the distillation

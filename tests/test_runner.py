@@ -285,6 +285,19 @@ def test_idql_cd_distills_the_edm_of_another_run(tiny_dataset, tmp_path):
               **quiet)
 
 
+@pytest.mark.parametrize("name", ["iql", "idql", "dql", "edp", "dbc", "fql"])
+def test_compile_true_compiles_every_part_that_can_be(name):
+    """Agent.compile_network (what `compile: true` calls) reaches each part's compile_network; FQL compiles its
+    whole update instead. Compilation itself is lazy, so this only wraps."""
+    from cleandiffuser.runner.offline import build_agent
+    agent = build_agent(load_config(name), 17, 6, torch.device("cpu")).compile_network()
+    compilable = [part for part in agent.parts().values() if hasattr(part, "compile_network")]
+    if name == "fql":
+        assert agent.compiled and not any(getattr(part, "compiled", False) for part in compilable)
+    else:
+        assert compilable and all(part.compiled for part in compilable)
+
+
 @pytest.mark.parametrize("name", ["iql", "idql", "quickstart", "dql", "edp", "dbc", "fql"])
 def test_every_builtin_config_builds_its_agent(name):
     from cleandiffuser.runner.offline import build_agent

@@ -122,6 +122,14 @@ class Agent:
     def eval(self) -> Agent:
         return self.train(False)
 
+    def compile_network(self) -> Agent:
+        """Compile the training passes: by default each part's own compile_network (generative models,
+        critics); an agent that compiles its whole update as one graph overrides this."""
+        for part in self.parts().values():
+            if hasattr(part, "compile_network"):
+                part.compile_network()
+        return self
+
     def extra_state(self) -> dict:
         """JSON-able state beyond the parts (e.g. the training phase)."""
         return {}

@@ -95,17 +95,6 @@ def set_agent_precision(agent: Agent, precision: str) -> None:
             part.set_precision(precision)
 
 
-def compile_agent(agent: Agent) -> None:
-    """Compile the agent's training passes: its own compile_network where it compiles its losses as one graph,
-    else its generative models' and critics' compile_network."""
-    if hasattr(agent, "compile_network"):
-        agent.compile_network()
-        return
-    for part in agent.parts().values():
-        if hasattr(part, "compile_network"):
-            part.compile_network()
-
-
 # ---------------------------------------------------------------------------- data
 def ensure_generated_dataset(source, say=print) -> None:
     """Make a dataset this library generates (e.g. halfcheetah-medium-cd-v0) if its file is missing, so
@@ -459,7 +448,7 @@ def _train(cfg: DictConfig, run_dir: Path, lock: RunDirLock, ctx, device: torch.
         check_eval_env(env_id, cfg.dataset)
     agent = build_agent(cfg, dataset.o_dim, dataset.a_dim, device)
     if cfg.get("compile", False):
-        compile_agent(agent)
+        agent.compile_network()
     sampler = TensorBatchSampler(dataset.tensors(), int(cfg.batch_size), device=device,
                                  generator=int(cfg.seed) * 1000 + ctx.rank)
     normalizer = dataset.get_normalizer()
